@@ -1,0 +1,54 @@
+"""Helpers shared by every config dataclass: dashed flag aliases, JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+from pathlib import Path
+from typing import Any
+
+
+def dashed(cls):
+    """Class decorator: give every `foo_bar` field the extra flag `--foo-bar` in HfArgumentParser."""
+    for f in dataclasses.fields(cls):
+        if "_" in f.name:
+            meta = dict(f.metadata)
+            aliases = list(meta.get("aliases", []))
+            alias = "--" + f.name.replace("_", "-")
+            if alias not in aliases:
+                aliases.append(alias)
+            meta["aliases"] = aliases
+            f.metadata = types.MappingProxyType(meta)
+    return cls
+
+
+def arg(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:
+    """A dataclass field with help text for HfArgumentParser (`default_factory` for lists)."""
+    metadata = {"help": help, **kwargs.pop("metadata", {})}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to `path` through a temporary name and a rename, so no half-written file exists."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_config(config, path: str | os.PathLike, **extra: Any) -> None:
+    """Write the resolved config (plus `extra` keys such as library versions) as JSON."""
+    data = {**config_to_dict(config), **extra}
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,39 @@
+"""Test setup: everything offline, before any Hugging Face import."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_EVALUATE_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def dubai_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "dubai_aerial"
+
+
+@pytest.fixture(scope="session")
+def toy_sam_dir(shared_dir) -> Path:
+    return shared_dir / "models" / "toy-sam"
+
+
+@pytest.fixture(scope="session")
+def scenes_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "synthetic_scenes"
