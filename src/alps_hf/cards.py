@@ -1,0 +1,479 @@
+"""Dataset and model cards, rendered from the Jinja templates shipped in `alps_hf/templates/`.
+
+The YAML metadata is built as data with `huggingface_hub`'s `DatasetCardData` / `ModelCardData`
+(never by string concatenation), so `huggingface_hub.metadata_load` and the Hub parse every card.
+The body is filled from the machine-readable files the other stages write: `alps_dataset.json`
+for datasets; `config.json`, `training_config.json`, `metrics.json`, `id2label.json` for models.
+Nothing is invented: a number that was not measured is shown as "not yet measured".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+from . import __version__
+from .errors import DatasetFormatError, PublishError
+
+TEMPLATES = Path(__file__).with_name("templates")
+DATASET_TEMPLATE = TEMPLATES / "dataset_card.md"
+MODEL_TEMPLATE = TEMPLATES / "model_card.md"
+
+DATASET_TAGS = ["remote-sensing", "pseudo-labels", "segment-anything", "alps"]
+NOT_MEASURED = "not yet measured"
+HISTOGRAM_FILE = "class_histogram.png"
+
+# A Hub repo id: optional "namespace/" then a name; letters, digits, "-", "_", "."; no "--" or "..",
+# no leading/trailing "-" or "."; at most 96 characters per part (the rule huggingface_hub enforces).
+_REPO_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+REPO_ID_RULE = (
+    "'namespace/name' (or 'name'), each part 1-96 characters of letters, digits, '-', '_' or '.', "
+    "not starting or ending with '-' or '.', without '--' or '..'"
+)
+_REPO_ID = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
+
+ALPS_BIBTEX = """@article{zhang2024alps,
+  title   = {ALPS: An Auto-Labeling and Pre-training Scheme for Remote Sensing Segmentation With Segment Anything Model},
+  author  = {Zhang, Song and Wang, Qingzhong and Liu, Junyi and Xiong, Haoyi},
+  journal = {arXiv preprint arXiv:2406.10855},
+  year    = {2024}
+}"""
+
+SAM_BIBTEX = """@inproceedings{kirillov2023segment,
+  title     = {Segment Anything},
+  author    = {Kirillov, Alexander and Mintun, Eric and Ravi, Nikhila and Mao, Hanzi and Rolland, Chloe and Gustafson, Laura and Xiao, Tete and Whitehead, Spencer and Berg, Alexander C. and Lo, Wan-Yen and Doll{\\'a}r, Piotr and Girshick, Ross},
+  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year      = {2023}
+}"""
+
+SEGFORMER_BIBTEX = """@inproceedings{xie2021segformer,
+  title     = {SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers},
+  author    = {Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, Anima and Alvarez, Jose M. and Luo, Ping},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2021}
+}"""
+
+MASK2FORMER_BIBTEX = """@inproceedings{cheng2022masked,
+  title     = {Masked-attention Mask Transformer for Universal Image Segmentation},
+  author    = {Cheng, Bowen and Misra, Ishan and Schwing, Alexander G. and Kirillov, Alexander and Girdhar, Rohit},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2022}
+}"""
+
+GENERATOR_KEYS = [
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "crop_nms_thresh",
+    "crop_overlap_ratio",
+    "crop_n_points_downscale_factor",
+    "max_area_fraction",
+    "min_area",
+    "mask_threshold",
+]
+
+
+def is_repo_id(value: str | None) -> bool:
+    """True when `value` follows the Hub repo id rule (`REPO_ID_RULE`)."""
+    return isinstance(value, str) and bool(_REPO_ID.match(value))
+
+
+def _fmt(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, None as 'not recorded'."""
+    if value is None:
+        return "not recorded"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple, dict)):
+        return f"`{json.dumps(value)}`"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _pct(value: float | None) -> str:
+    return NOT_MEASURED if value is None else f"{100 * value:.1f} %"
+
+
+def _size_category(n: int) -> str:
+    """The Hub's `size_categories` bucket for n rows."""
+    for limit, name in [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+        (1_000_000_000, "100M<n<1B"),
+    ]:
+        if n < limit:
+            return name
+    return "n>1T" if n >= 10**12 else "1B<n<10B"
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset cards
+
+
+def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
+    """The YAML header of a dataset card, built as data from an `alps_dataset.json` dict.
+
+    `configs` point each split at its `data/<split>-*` shards and `dataset_info` lists the
+    features in the datasets-library YAML form, so `load_dataset(folder)` and the Hub viewer read
+    the shards with exactly these features.
+
+    Raises:
+        DatasetFormatError: `info` lacks `splits` or `features`, or the features do not parse.
+    """
+    from datasets import Features
+
+    splits = info.get("splits") or {}
+    if not splits or "features" not in info:
+        raise DatasetFormatError(
+            "alps_dataset.json needs 'splits' and 'features' to render a dataset card; "
+            f"found keys {sorted(info)}; re-run `alps-hf label` to rewrite it"
+        )
+    try:
+        features = Features.from_dict(info["features"])
+    except Exception as err:  # datasets raises several types for a malformed dict
+        raise DatasetFormatError(f"alps_dataset.json 'features' do not parse as datasets.Features: {err}") from err
+    num_rows = sum(int(s.get("num_rows", 0)) for s in splits.values())
+    return DatasetCardData(
+        license=info.get("license") or "unknown",
+        pretty_name=info.get("pretty_name") or None,
+        task_categories=["image-segmentation"],
+        task_ids=["semantic-segmentation"],
+        size_categories=[_size_category(num_rows)],
+        tags=list(DATASET_TAGS),
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
+            }
+        ],
+        dataset_info={
+            # datasets' own YAML form of the features, so the Hub and load_dataset agree with the shards.
+            "features": features._to_yaml_list(),
+            "splits": [
+                {"name": name, "num_bytes": int(s.get("num_bytes", 0)), "num_examples": int(s.get("num_rows", 0))}
+                for name, s in splits.items()
+            ],
+            "download_size": sum(int(s.get("num_bytes", 0)) for s in splits.values()),
+            "dataset_size": sum(int(s.get("num_bytes", 0)) for s in splits.values()),
+        },
+    )
+
+
+def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
+    stats = info.get("stats") or {}
+    generator = info.get("generator") or {}
+    k = int(info.get("num_clusters") or len(stats.get("class_pixel_histogram") or []) or 0)
+    sam_model = info.get("sam_model") or "unknown"
+    hist = [int(v) for v in stats.get("class_pixel_histogram") or []]
+    counts = [int(v) for v in stats.get("class_mask_counts") or []]
+    total = sum(hist)
+    order = sorted(range(len(hist)), key=lambda i: (-hist[i], i))[:10]
+    top_classes = [
+        {
+            "id": i,
+            "name": f"cluster_{i:02d}",
+            "share": f"{100 * hist[i] / total:.1f} %" if total else NOT_MEASURED,
+            "masks": counts[i] if i < len(counts) else NOT_MEASURED,
+        }
+        for i in order
+    ]
+    coverage = stats.get("pixel_coverage")
+    stat_rows = [
+        ("images", stats.get("images", NOT_MEASURED)),
+        ("images that failed to decode (skipped, see failures.jsonl)", stats.get("failed", NOT_MEASURED)),
+        ("images without any mask", stats.get("images_without_masks", NOT_MEASURED)),
+        ("masks in total", stats.get("masks_total", NOT_MEASURED)),
+        ("masks per image, mean", _fmt(stats["masks_per_image_mean"]) if "masks_per_image_mean" in stats else NOT_MEASURED),
+        ("masks per image, median", _fmt(stats["masks_per_image_median"]) if "masks_per_image_median" in stats else NOT_MEASURED),
+        ("pixels covered by a mask", _pct(coverage)),
+    ]
+    splits = info.get("splits") or {}
+    split_rows = [
+        {"name": name, "num_rows": s.get("num_rows", NOT_MEASURED), "num_files": len(s.get("files") or [])}
+        for name, s in splits.items()
+    ]
+    title = info.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else "ALPS pseudo-labeled dataset")
+    sam_url = f"https://huggingface.co/{sam_model}" if is_repo_id(sam_model) else "https://arxiv.org/abs/2304.02643"
+    return {
+        "title": title,
+        "repo_ref": repo_id or "path/to/this/folder",
+        "source": info.get("source") or "not recorded",
+        "source_citation": info.get("source_citation"),
+        "num_clusters": k,
+        "sam_model": sam_model,
+        "sam_url": sam_url,
+        "sam_revision": f"`{info['sam_revision']}`" if info.get("sam_revision") else "not recorded (latest at run time)",
+        "feature_normalization": info.get("feature_normalization") or "none",
+        "seed": info.get("seed", "not recorded"),
+        "alps_hf_version": info.get("alps_hf_version") or "not recorded",
+        "generator_rows": [(key, _fmt(generator[key])) for key in GENERATOR_KEYS if key in generator]
+        + [(key, _fmt(value)) for key, value in generator.items() if key not in GENERATOR_KEYS],
+        "max_area_fraction": _fmt(generator.get("max_area_fraction", 0.3)),
+        "stat_rows": stat_rows,
+        "split_rows": split_rows,
+        "top_classes": top_classes,
+        "uncovered": _pct(1 - coverage) if coverage is not None else NOT_MEASURED,
+        "alps_bibtex": ALPS_BIBTEX,
+        "sam_bibtex": SAM_BIBTEX,
+    }
+
+
+def render_dataset_card(info: Mapping[str, Any], repo_id: str | None = None) -> DatasetCard:
+    """Render the dataset card of an alps_hf pseudo-labeled dataset.
+
+    Args:
+        info: the `alps_dataset.json` dict written by `alps-hf label` (optional extra key
+            `source_citation`: BibTeX of the source imagery).
+        repo_id: the Hub id the card will live under; used in the loading snippets.
+
+    Returns:
+        A `huggingface_hub.DatasetCard`; `card.save(folder / "README.md")` writes it. The card
+        shows `class_histogram.png`, which `render_class_histogram` draws.
+
+    Raises:
+        DatasetFormatError: `info` lacks the splits or features.
+    """
+    data = dataset_card_data(info)
+    return DatasetCard.from_template(data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id))
+
+
+def render_class_histogram(info: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Draw the share of labeled pixels per pseudo-class as a small PNG (None when no stats)."""
+    hist = [int(v) for v in (info.get("stats") or {}).get("class_pixel_histogram") or []]
+    if not hist:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    total = sum(hist) or 1
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.16 * len(hist) + 1.5), 2.4), dpi=100)
+    ax.bar(range(len(hist)), [100 * v / total for v in hist], color="#4c72b0", width=0.8)
+    ax.set_xlabel("pseudo-class")
+    ax.set_ylabel("% of labeled pixels")
+    ax.set_xlim(-0.6, len(hist) - 0.4)
+    ax.set_title(f"Pixels per pseudo-class (K = {len(hist)})", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """(Re)write `README.md` and `class_histogram.png` of a dataset folder from its alps_dataset.json.
+
+    Returns the README path. Raises DatasetFormatError when alps_dataset.json is missing or bad.
+    """
+    folder = Path(folder)
+    info = read_json(folder / "alps_dataset.json", DatasetFormatError)
+    card = render_dataset_card(info, repo_id=repo_id)
+    render_class_histogram(info, folder / HISTOGRAM_FILE)
+    readme = folder / "README.md"
+    tmp = readme.with_name(".README.md.tmp")
+    card.save(tmp)
+    tmp.replace(readme)
+    return readme
+
+
+# ---------------------------------------------------------------------------------------------
+# model cards
+
+
+def read_json(path: Path, error: type[Exception] = PublishError) -> dict[str, Any]:
+    """Read a JSON object, raising `error` naming the file when it is missing or malformed."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise error(f"{path} is missing") from err
+    except (OSError, ValueError) as err:
+        raise error(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+_METRIC_NAMES = {"mean_iou": "mean IoU", "mean_accuracy": "mean accuracy", "overall_accuracy": "overall accuracy"}
+
+
+def model_card_data(folder: str | Path, repo_id: str | None = None) -> ModelCardData:
+    """The YAML header of a model card, built as data from the JSON files of a model folder."""
+    folder = Path(folder)
+    config = _optional_json(folder / "config.json")
+    training = _optional_json(folder / "training_config.json")
+    metrics = _optional_json(folder / "metrics.json")
+    task = training.get("task") or "pretrain"
+    model_type = config.get("model_type")
+    dataset = training.get("dataset")
+    base = training.get("base_model") or training.get("backbone")
+    tags = ["remote-sensing", "alps", "image-segmentation"]
+    if task == "pretrain":
+        tags += ["pseudo-labels", "segment-anything"]
+    if model_type:
+        tags.append(str(model_type))
+    eval_results = []
+    values = metrics.get("eval") or {}
+    eval_dataset = str(metrics.get("dataset") or dataset or "unknown")
+    for key, name in _METRIC_NAMES.items():
+        if isinstance(values.get(key), (int, float)):
+            eval_results.append(
+                EvalResult(
+                    task_type="image-segmentation",
+                    task_name="Semantic segmentation",
+                    dataset_type=eval_dataset,
+                    dataset_name=eval_dataset,
+                    dataset_split=metrics.get("split"),
+                    metric_type=key,
+                    metric_name=name,
+                    metric_value=float(values[key]),
+                )
+            )
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        license=training.get("license") or "unknown",
+        # Only Hub ids are metadata; a local path would make a broken link on the Hub.
+        datasets=[dataset] if is_repo_id(dataset) else None,
+        base_model=base if is_repo_id(base) else None,
+        tags=tags,
+        metrics=[k for k in _METRIC_NAMES if k in values] or None,
+        model_name=(repo_id or folder.resolve().name).split("/")[-1],
+        eval_results=eval_results or None,
+    )
+
+
+def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
+    config = _optional_json(folder / "config.json")
+    training = _optional_json(folder / "training_config.json")
+    metrics = _optional_json(folder / "metrics.json")
+    id2label = _optional_json(folder / "id2label.json") or config.get("id2label") or {}
+    task = training.get("task") or "pretrain"
+    architecture = (config.get("architectures") or ["unknown"])[0]
+    model_type = str(config.get("model_type") or "")
+    family = "Mask2Former" if "mask2former" in model_type else "SegFormer" if "segformer" in model_type else model_type
+    dataset = training.get("dataset") or "not recorded"
+    base = training.get("base_model") or training.get("backbone")
+    num_labels = len(id2label) or config.get("num_labels") or "unknown"
+    ref = repo_id or "path/to/this/folder"
+    if task == "pretrain":
+        summary = (
+            f"A {family} model **pre-trained with ALPS** on the {num_labels} pseudo-classes of `{dataset}`: "
+            "labels made by SAM masks clustered with K-means, no human annotation. It is a starting "
+            "point for fine-tuning on remote-sensing segmentation tasks, not a classifier of named classes."
+        )
+        intended = (
+            "Initialise a remote-sensing segmentation model before fine-tuning it on a (small) labeled "
+            "dataset; ALPS pre-training helps most when labels are scarce. The raw predictions are "
+            "pseudo-class ids (`cluster_NN`), useful for inspecting what the encoder separates, not as land-cover maps."
+        )
+        label_kind = "ALPS pseudo-classes, not semantic classes"
+    else:
+        summary = (
+            f"A {family} model fine-tuned on `{dataset}` for remote-sensing semantic segmentation"
+            + (f", starting from `{base}`" if base else "")
+            + "."
+        )
+        intended = (
+            f"Semantic segmentation of imagery like that of `{dataset}` into its {num_labels} classes. "
+            "Check it on your own imagery before relying on it: sensors, resolution and regions differ."
+        )
+        label_kind = "classes of the fine-tuning dataset"
+    skip = {"alps_hf_version", "dataset", "base_model", "backbone", "task", "model", "license", "id2label", "label2id"}
+    training_rows = [
+        (key, _fmt(value))
+        for key, value in sorted(training.items())
+        if key not in skip and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
+    ]
+    values = metrics.get("eval") or {}
+    metric_rows = [(name, _fmt(values[key])) for key, name in _METRIC_NAMES.items() if isinstance(values.get(key), (int, float))]
+    per_class = values.get("per_class_iou") or {}
+    per_class_rows = [(str(name), _fmt(v) if v is not None else "n/a (class absent)") for name, v in per_class.items()]
+    limitations = [
+        "Trained on remote-sensing tiles; other sensors, resolutions, seasons and regions can degrade it.",
+    ]
+    if task == "pretrain":
+        limitations.insert(
+            0,
+            "Its classes are ALPS pseudo-classes (K-means clusters of SAM mask features), not semantic "
+            "classes: `cluster_07` has no fixed meaning and may mix or split land-cover types.",
+        )
+        limitations.append("The pseudo-labels inherit SAM's errors (shadows, thin structures); pixels no mask covered were ignored.")
+    else:
+        limitations.append("Metrics above come from one evaluation split; they do not guarantee performance elsewhere.")
+    return {
+        "title": (repo_id or folder.resolve().name).split("/")[-1],
+        "summary": summary,
+        "intended_use": intended,
+        "architecture": architecture,
+        "model_class": architecture if architecture != "unknown" else "AutoModelForSemanticSegmentation",
+        "model_family": family,
+        "model_bibtex": MASK2FORMER_BIBTEX if family == "Mask2Former" else SEGFORMER_BIBTEX if family == "SegFormer" else None,
+        "task_text": "ALPS pre-training on pseudo-labels" if task == "pretrain" else "fine-tuning on labeled data",
+        "num_labels": num_labels,
+        "label_kind": label_kind,
+        "dataset_text": f"[`{dataset}`](https://huggingface.co/datasets/{dataset})" if is_repo_id(dataset) else f"`{dataset}`",
+        "base_text": (f"[`{base}`](https://huggingface.co/{base})" if is_repo_id(base) else f"`{base}`") if base else "random initialisation",
+        "alps_hf_version": training.get("alps_hf_version") or __version__,
+        "repo_ref": ref,
+        "training_rows": training_rows,
+        "has_curve": (folder / "training_curve.png").is_file(),
+        "metric_rows": metric_rows,
+        "per_class_rows": per_class_rows,
+        "eval_text": f"the `{metrics.get('split') or 'evaluation'}` split of `{metrics.get('dataset') or dataset}`",
+        "eval_step": metrics.get("step"),
+        "limitations": limitations,
+        "alps_bibtex": ALPS_BIBTEX,
+    }
+
+
+def render_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCard:
+    """Render the model card of a `save_pretrained` folder written by `alps-hf pretrain/finetune`.
+
+    Reads `config.json`, `training_config.json`, `metrics.json` and `id2label.json` when present
+    (the weights are not loaded). Without `metrics.json` the card says "not yet measured" and has
+    no model-index.
+
+    Args:
+        folder: the model folder.
+        repo_id: the Hub id the card will live under; used in the snippets and the model-index name.
+
+    Returns:
+        A `huggingface_hub.ModelCard`; `card.save(folder / "README.md")` writes it.
+
+    Raises:
+        PublishError: one of the JSON files is malformed.
+    """
+    folder = Path(folder)
+    data = model_card_data(folder, repo_id)
+    return ModelCard.from_template(data, template_path=str(MODEL_TEMPLATE), **_model_context(folder, repo_id))
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """(Re)write `README.md` of a model folder; returns its path."""
+    folder = Path(folder)
+    readme = folder / "README.md"
+    tmp = readme.with_name(".README.md.tmp")
+    render_model_card(folder, repo_id).save(tmp)
+    tmp.replace(readme)
+    return readme
