@@ -9,6 +9,7 @@ Nothing is invented: a number that was not measured is shown as "not yet measure
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -82,6 +83,32 @@ GENERATOR_KEYS = [
 ]
 
 
+# The last line of every rendered card: a digest of the text above it. A card whose digest still
+# matches was not edited by hand since alps_hf wrote it, so publishing may replace it; a card
+# whose digest no longer matches (or that has no marker) was edited and is kept.
+_MARKER = re.compile(r"\n*<!-- alps_hf card sha256:([0-9a-f]{64})[^\n]*-->\s*\Z")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.replace("\r\n", "\n").rstrip().encode("utf-8")).hexdigest()
+
+
+def _mark(card):
+    """Return the same kind of card with the generated-card marker appended."""
+    text = str(card).rstrip()
+    marked = (
+        f"{text}\n\n<!-- alps_hf card sha256:{_digest(text)} "
+        "(generated; once edited by hand, `alps-hf push` keeps it unless --overwrite-card) -->\n"
+    )
+    return type(card)(marked)
+
+
+def card_is_generated(text: str) -> bool:
+    """True when `text` is a card alps_hf rendered and nobody edited since (its marker matches)."""
+    match = _MARKER.search(text)
+    return bool(match) and _digest(text[: match.start()]) == match.group(1)
+
+
 def is_repo_id(value: str | None) -> bool:
     """True when `value` follows the Hub repo id rule (`REPO_ID_RULE`)."""
     return isinstance(value, str) and bool(_REPO_ID.match(value))
@@ -145,7 +172,9 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
     try:
         features = Features.from_dict(info["features"])
     except Exception as err:  # datasets raises several types for a malformed dict
-        raise DatasetFormatError(f"alps_dataset.json 'features' do not parse as datasets.Features: {err}") from err
+        raise DatasetFormatError(
+            f"alps_dataset.json 'features' do not parse as datasets.Features: {err}"
+        ) from err
     num_rows = sum(int(s.get("num_rows", 0)) for s in splits.values())
     return DatasetCardData(
         license=info.get("license") or "unknown",
@@ -164,7 +193,11 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
             # datasets' own YAML form of the features, so the Hub and load_dataset agree with the shards.
             "features": features._to_yaml_list(),
             "splits": [
-                {"name": name, "num_bytes": int(s.get("num_bytes", 0)), "num_examples": int(s.get("num_rows", 0))}
+                {
+                    "name": name,
+                    "num_bytes": int(s.get("num_bytes", 0)),
+                    "num_examples": int(s.get("num_rows", 0)),
+                }
                 for name, s in splits.items()
             ],
             "download_size": sum(int(s.get("num_bytes", 0)) for s in splits.values()),
@@ -197,8 +230,14 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         ("images that failed to decode (skipped, see failures.jsonl)", stats.get("failed", NOT_MEASURED)),
         ("images without any mask", stats.get("images_without_masks", NOT_MEASURED)),
         ("masks in total", stats.get("masks_total", NOT_MEASURED)),
-        ("masks per image, mean", _fmt(stats["masks_per_image_mean"]) if "masks_per_image_mean" in stats else NOT_MEASURED),
-        ("masks per image, median", _fmt(stats["masks_per_image_median"]) if "masks_per_image_median" in stats else NOT_MEASURED),
+        (
+            "masks per image, mean",
+            _fmt(stats["masks_per_image_mean"]) if "masks_per_image_mean" in stats else NOT_MEASURED,
+        ),
+        (
+            "masks per image, median",
+            _fmt(stats["masks_per_image_median"]) if "masks_per_image_median" in stats else NOT_MEASURED,
+        ),
         ("pixels covered by a mask", _pct(coverage)),
     ]
     splits = info.get("splits") or {}
@@ -207,7 +246,9 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         for name, s in splits.items()
     ]
     title = info.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else "ALPS pseudo-labeled dataset")
-    sam_url = f"https://huggingface.co/{sam_model}" if is_repo_id(sam_model) else "https://arxiv.org/abs/2304.02643"
+    sam_url = (
+        f"https://huggingface.co/{sam_model}" if is_repo_id(sam_model) else "https://arxiv.org/abs/2304.02643"
+    )
     return {
         "title": title,
         "repo_ref": repo_id or "path/to/this/folder",
@@ -216,7 +257,9 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "num_clusters": k,
         "sam_model": sam_model,
         "sam_url": sam_url,
-        "sam_revision": f"`{info['sam_revision']}`" if info.get("sam_revision") else "not recorded (latest at run time)",
+        "sam_revision": f"`{info['sam_revision']}`"
+        if info.get("sam_revision")
+        else "not recorded (latest at run time)",
         "feature_normalization": info.get("feature_normalization") or "none",
         "seed": info.get("seed", "not recorded"),
         "alps_hf_version": info.get("alps_hf_version") or "not recorded",
@@ -248,7 +291,10 @@ def render_dataset_card(info: Mapping[str, Any], repo_id: str | None = None) -> 
         DatasetFormatError: `info` lacks the splits or features.
     """
     data = dataset_card_data(info)
-    return DatasetCard.from_template(data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id))
+    card = DatasetCard.from_template(
+        data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id)
+    )
+    return _mark(card)
 
 
 def render_class_histogram(info: Mapping[str, Any], path: str | Path) -> Path | None:
@@ -314,7 +360,11 @@ def _optional_json(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
-_METRIC_NAMES = {"mean_iou": "mean IoU", "mean_accuracy": "mean accuracy", "overall_accuracy": "overall accuracy"}
+_METRIC_NAMES = {
+    "mean_iou": "mean IoU",
+    "mean_accuracy": "mean accuracy",
+    "overall_accuracy": "overall accuracy",
+}
 
 
 def model_card_data(folder: str | Path, repo_id: str | None = None) -> ModelCardData:
@@ -371,7 +421,13 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
     task = training.get("task") or "pretrain"
     architecture = (config.get("architectures") or ["unknown"])[0]
     model_type = str(config.get("model_type") or "")
-    family = "Mask2Former" if "mask2former" in model_type else "SegFormer" if "segformer" in model_type else model_type
+    family = (
+        "Mask2Former"
+        if "mask2former" in model_type
+        else "SegFormer"
+        if "segformer" in model_type
+        else model_type
+    )
     dataset = training.get("dataset") or "not recorded"
     base = training.get("base_model") or training.get("backbone")
     num_labels = len(id2label) or config.get("num_labels") or "unknown"
@@ -399,16 +455,32 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
             "Check it on your own imagery before relying on it: sensors, resolution and regions differ."
         )
         label_kind = "classes of the fine-tuning dataset"
-    skip = {"alps_hf_version", "dataset", "base_model", "backbone", "task", "model", "license", "id2label", "label2id"}
+    skip = {
+        "alps_hf_version",
+        "dataset",
+        "base_model",
+        "backbone",
+        "task",
+        "model",
+        "license",
+        "id2label",
+        "label2id",
+    }
     training_rows = [
         (key, _fmt(value))
         for key, value in sorted(training.items())
         if key not in skip and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
     ]
     values = metrics.get("eval") or {}
-    metric_rows = [(name, _fmt(values[key])) for key, name in _METRIC_NAMES.items() if isinstance(values.get(key), (int, float))]
+    metric_rows = [
+        (name, _fmt(values[key]))
+        for key, name in _METRIC_NAMES.items()
+        if isinstance(values.get(key), (int, float))
+    ]
     per_class = values.get("per_class_iou") or {}
-    per_class_rows = [(str(name), _fmt(v) if v is not None else "n/a (class absent)") for name, v in per_class.items()]
+    per_class_rows = [
+        (str(name), _fmt(v) if v is not None else "n/a (class absent)") for name, v in per_class.items()
+    ]
     limitations = [
         "Trained on remote-sensing tiles; other sensors, resolutions, seasons and regions can degrade it.",
     ]
@@ -418,9 +490,13 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
             "Its classes are ALPS pseudo-classes (K-means clusters of SAM mask features), not semantic "
             "classes: `cluster_07` has no fixed meaning and may mix or split land-cover types.",
         )
-        limitations.append("The pseudo-labels inherit SAM's errors (shadows, thin structures); pixels no mask covered were ignored.")
+        limitations.append(
+            "The pseudo-labels inherit SAM's errors (shadows, thin structures); pixels no mask covered were ignored."
+        )
     else:
-        limitations.append("Metrics above come from one evaluation split; they do not guarantee performance elsewhere.")
+        limitations.append(
+            "Metrics above come from one evaluation split; they do not guarantee performance elsewhere."
+        )
     return {
         "title": (repo_id or folder.resolve().name).split("/")[-1],
         "summary": summary,
@@ -428,12 +504,22 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
         "architecture": architecture,
         "model_class": architecture if architecture != "unknown" else "AutoModelForSemanticSegmentation",
         "model_family": family,
-        "model_bibtex": MASK2FORMER_BIBTEX if family == "Mask2Former" else SEGFORMER_BIBTEX if family == "SegFormer" else None,
-        "task_text": "ALPS pre-training on pseudo-labels" if task == "pretrain" else "fine-tuning on labeled data",
+        "model_bibtex": MASK2FORMER_BIBTEX
+        if family == "Mask2Former"
+        else SEGFORMER_BIBTEX
+        if family == "SegFormer"
+        else None,
+        "task_text": "ALPS pre-training on pseudo-labels"
+        if task == "pretrain"
+        else "fine-tuning on labeled data",
         "num_labels": num_labels,
         "label_kind": label_kind,
-        "dataset_text": f"[`{dataset}`](https://huggingface.co/datasets/{dataset})" if is_repo_id(dataset) else f"`{dataset}`",
-        "base_text": (f"[`{base}`](https://huggingface.co/{base})" if is_repo_id(base) else f"`{base}`") if base else "random initialisation",
+        "dataset_text": f"[`{dataset}`](https://huggingface.co/datasets/{dataset})"
+        if is_repo_id(dataset)
+        else f"`{dataset}`",
+        "base_text": (f"[`{base}`](https://huggingface.co/{base})" if is_repo_id(base) else f"`{base}`")
+        if base
+        else "random initialisation",
         "alps_hf_version": training.get("alps_hf_version") or __version__,
         "repo_ref": ref,
         "training_rows": training_rows,
@@ -466,7 +552,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCa
     """
     folder = Path(folder)
     data = model_card_data(folder, repo_id)
-    return ModelCard.from_template(data, template_path=str(MODEL_TEMPLATE), **_model_context(folder, repo_id))
+    card = ModelCard.from_template(data, template_path=str(MODEL_TEMPLATE), **_model_context(folder, repo_id))
+    return _mark(card)
 
 
 def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
