@@ -17,7 +17,8 @@ class MaskSet:
 
     Attributes:
         masks: (N, H, W) bool, full resolution of the image.
-        boxes: (N, 4) float, XYXY in pixels of the image, inclusive of the last pixel + 1.
+        boxes: (N, 4) float, XYXY in pixels of the image; x1, y1 are the last covered column and row
+            (segment-anything convention).
         iou_scores: (N,) float, SAM's predicted IoU of each mask.
         stability: (N,) float, stability score of each mask.
         areas: (N,) int64, pixel count of each mask at full resolution.

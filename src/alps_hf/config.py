@@ -1,0 +1,139 @@
+"""Configuration of the labeling commands (`alps-hf label`, `alps-hf recluster`).
+
+Dataclasses with help text, parsed by `HfArgumentParser` in `cli.py`, validated in
+`__post_init__` so that a bad value fails in the first second, before any model loads.
+The resolved config is written next to the output as `label_config.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config_utils import arg, dashed
+from .errors import ConfigError
+
+NORMALIZATIONS = ("l2", "none")
+
+
+def _check_fraction(name: str, value: float, flag: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={value} is outside [0, 1]; pass a value between 0 and 1 with {flag}")
+
+
+@dashed
+@dataclass
+class LabelConfig:
+    """Everything `alps-hf label` needs: inputs, SAM, mask generation, clustering, output."""
+
+    inputs: list[str] = arg(
+        [],
+        "Images to label: a folder (searched recursively, sorted), image files, a `save_to_disk` folder, a "
+        "Hub-layout dataset folder, or a Hub dataset id (with --split / --image-column). Positional.",
+    )
+    output: str = arg(None, "Output folder (written in Hub dataset layout). Required.")
+    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder.")
+    sam_revision: str | None = arg(None, "Hub revision (branch, tag or commit) of --sam.")
+    split: str = arg("train", "Split to read when the input is a dataset; also the split name of the output.")
+    image_column: str = arg("image", "Image column when the input is a dataset.")
+    num_clusters: int = arg(46, "K, the number of pseudo-classes (2..255; ALPS uses 46).")
+    clusters: str | None = arg(
+        None,
+        "An existing cluster model (cluster_model.safetensors or the folder holding it): label with its "
+        "centroids and class ids instead of fitting K-means (--num-clusters is then taken from it).",
+    )
+    feature_normalization: str = arg(
+        "l2",
+        "Mask feature normalisation before K-means: 'l2' (default: unit length, so clusters group masks by the "
+        "direction of the SAM embedding, i.e. what the content is, not by how strongly the encoder responds, "
+        "which varies with contrast and texture) or 'none'.",
+    )
+    kmeans_batch_size: int = arg(4096, "Mini-batch size of the online K-means (MiniBatchKMeans.partial_fit).")
+    kmeans_passes: int = arg(
+        3, "Passes of online K-means over the streamed mask features (more passes, steadier centroids)."
+    )
+    seed: int = arg(0, "Seed of K-means (the only random part of labeling).")
+    points_per_side: int = arg(32, "Point grid per side; points_per_side**2 prompts per image (and crop).")
+    points_per_batch: int = arg(64, "Prompts run through the mask decoder at once.")
+    pred_iou_thresh: float = arg(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).")
+    stability_score_thresh: float = arg(0.95, "Keep masks whose stability score is at least this.")
+    stability_score_offset: float = arg(1.0, "Logit offset used to compute the stability score.")
+    mask_threshold: float = arg(0.0, "Logit threshold that binarises masks.")
+    box_nms_thresh: float = arg(0.7, "Box IoU above which the lower-scoring of two masks is dropped.")
+    crop_n_layers: int = arg(0, "Extra crop layers (layer i runs on 2**i x 2**i crops); 0 = whole image only.")
+    crop_nms_thresh: float = arg(0.7, "Box IoU for NMS between masks of different crops.")
+    crop_overlap_ratio: float = arg(512 / 1500, "Overlap of neighbouring crops, fraction of the short side.")
+    crop_n_points_downscale_factor: int = arg(1, "Points per side divided by this on each crop layer.")
+    max_area_fraction: float = arg(0.3, "ALPS gate: drop masks covering more than this fraction of the image.")
+    min_area: int = arg(0, "Drop masks smaller than this many pixels of the original image.")
+    max_mask_side: int = arg(
+        4096,
+        "Masks are made at most this many pixels on their long side; larger images are labeled at that size and "
+        "the maps scaled up (nearest) to the original size. SAM sees 1024 px anyway.",
+    )
+    image_batch_size: int = arg(4, "Images encoded together by the SAM image encoder.")
+    shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).")
+    max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).")
+    num_workers: int = arg(2, "Threads that decode images ahead of SAM.")
+    device: str | None = arg(None, "Torch device (default: the Accelerate device, cuda when available).")
+    dtype: str = arg("auto", "Model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
+    resume: bool = arg(False, "Continue an interrupted run in --output (finished shards are kept).")
+    overwrite: bool = arg(False, "Delete an existing --output folder first.")
+    license: str | None = arg(None, "License of the source imagery, written into the dataset card.")
+    pretty_name: str | None = arg(None, "Human-readable dataset name for the card.")
+    preview_images: int = arg(4, "Images shown in preview.png.")
+    push_to_hub: str | None = arg(None, "After labeling, publish the folder to this Hub dataset repo id.")
+    private: bool = arg(False, "With --push-to-hub: create the repo private.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if not self.inputs:
+            raise ConfigError("no input given; pass a folder, image files or a dataset, e.g. `alps-hf label ./tiles`")
+        if not self.output:
+            raise ConfigError("--output is required: the folder the dataset is written to")
+        if self.clusters is None and not 2 <= self.num_clusters <= 255:
+            raise ConfigError(
+                f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..255 (labels are 8-bit, 255 = no mask)"
+            )
+        if self.feature_normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"--feature-normalization {self.feature_normalization!r} is unknown; choose one of {NORMALIZATIONS}"
+            )
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
+                     "max_area_fraction", "crop_overlap_ratio"):
+            _check_fraction(name, getattr(self, name), "--" + name.replace("_", "-"))
+        positive = ("points_per_side", "points_per_batch", "image_batch_size", "shard_size", "kmeans_batch_size",
+                    "kmeans_passes", "max_mask_side", "crop_n_points_downscale_factor", "preview_images")
+        for name in positive:
+            if getattr(self, name) < (0 if name == "preview_images" else 1):
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
+        if self.crop_n_layers < 0 or self.min_area < 0 or self.num_workers < 0:
+            raise ConfigError("--crop-n-layers, --min-area and --num-workers must be >= 0")
+        if self.stability_score_offset <= 0:
+            raise ConfigError(f"--stability-score-offset {self.stability_score_offset} must be > 0")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"--dtype {self.dtype!r} is unknown; choose auto, float32, bfloat16 or float16")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+
+
+@dashed
+@dataclass
+class ReclusterConfig:
+    """`alps-hf recluster FOLDER --num-clusters K`: new pseudo-classes from the stored mask features."""
+
+    folder: str = arg(None, "A folder written by `alps-hf label` (its work/ folder holds the features). Positional.")
+    num_clusters: int = arg(None, "The new K (2..255).")
+    seed: int | None = arg(None, "K-means seed (default: the one of the original run).")
+    feature_normalization: str | None = arg(None, "Override the feature normalisation ('l2' or 'none').")
+    kmeans_passes: int | None = arg(None, "Override the number of online K-means passes.")
+
+    def __post_init__(self) -> None:
+        if not self.folder:
+            raise ConfigError("give the labeled folder: `alps-hf recluster ./pseudo --num-clusters 20`")
+        if self.num_clusters is None or not 2 <= self.num_clusters <= 255:
+            raise ConfigError(f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..255")
+        if self.feature_normalization is not None and self.feature_normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"--feature-normalization {self.feature_normalization!r} is unknown; choose one of {NORMALIZATIONS}"
+            )

@@ -1,0 +1,223 @@
+"""Pass 2 and the output folder: pseudo-labeled parquet shards in Hub dataset layout.
+
+Reads the pass-1 shards of the work folder, gives every segment the cluster of its feature,
+paints `label = lut[segments]`, and writes `data/<split>-NNNNN-of-NNNNN.parquet` with the columns
+of DESIGN.md, plus id2label.json, preview.png and failures.jsonl. Pass-1 shards are grouped into
+output shards of about `max_shard_bytes` (Hub-friendly), so the shard count is known before any
+output shard is written and every process can write its share independently.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .clustering import ClusterModel
+from .config_utils import atomic_write_text
+from .segment_map import IGNORE_LABEL, paint_labels
+from .workdir import WorkDir
+
+
+def dataset_features():
+    """The `datasets.Features` of a pseudo-labeled dataset (DESIGN.md, "Pseudo-labeled dataset")."""
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
+
+    return Features({
+        "image": ImageFeature(),
+        "label": ImageFeature(),
+        "segments": ImageFeature(),
+        "segment_class": List(Value("int32")),
+        "segment_area": List(Value("int64")),
+        "segment_iou": List(Value("float32")),
+        "segment_stability": List(Value("float32")),
+        "source": Value("string"),
+        "meta": Value("string"),
+    })
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (8-bit) or uint16 (16-bit) single-channel, or uint8 RGB, array."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def group_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
+    """Consecutive pass-1 shards grouped so each group's size stays under max_bytes (at least one each)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if groups and total + size <= max_bytes:
+            groups[-1].append(i)
+            total += size
+        else:
+            groups.append([i])
+            total = size
+    return groups
+
+
+def shard_file_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def label_rows(table, clusters: ClusterModel, stats: dict) -> dict[str, list]:
+    """Final dataset columns for the labeled rows of one pass-1 table; updates `stats` in place."""
+    k = clusters.num_clusters
+    cols = {name: [] for name in dataset_features()}
+    data = {c: table.column(c).to_pylist() for c in table.column_names}
+    for i in range(table.num_rows):
+        if data["error"][i] is not None:
+            continue
+        dim = data["feature_dim"][i]
+        feats = np.frombuffer(data["features"][i] or b"", dtype=np.float16).reshape(-1, dim)
+        segment_class = clusters.predict(feats.astype(np.float32)) if len(feats) else np.zeros(0, np.int64)
+        segments = decode_png(data["segments_png"][i])
+        label = paint_labels(segments, segment_class)
+        hist = np.bincount(label.ravel(), minlength=256)
+        stats["class_pixel_histogram"] += hist[:k]
+        stats["labeled_pixels"] += int(hist[:k].sum())
+        stats["pixels"] += int(label.size)
+        stats["class_mask_counts"] += np.bincount(segment_class, minlength=k)[:k]
+        stats["masks_per_image"].append(len(segment_class))
+        cols["image"].append({"bytes": data["image_bytes"][i], "path": None})
+        cols["label"].append({"bytes": encode_png(label), "path": None})
+        cols["segments"].append({"bytes": data["segments_png"][i], "path": None})
+        cols["segment_class"].append(segment_class.astype(np.int32).tolist())
+        cols["segment_area"].append(data["segment_area"][i])
+        cols["segment_iou"].append(data["segment_iou"][i])
+        cols["segment_stability"].append(data["segment_stability"][i])
+        cols["source"].append(data["source"][i])
+        cols["meta"].append(data["meta"][i] or "{}")
+    return cols
+
+
+def new_stats(k: int) -> dict:
+    return {"class_pixel_histogram": np.zeros(k, np.int64), "class_mask_counts": np.zeros(k, np.int64),
+            "labeled_pixels": 0, "pixels": 0, "masks_per_image": []}
+
+
+def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: Path) -> dict:
+    """Write one output shard from the pass-1 shards in `group`; return its stats (JSON-ready)."""
+    from datasets import Dataset
+
+    features = dataset_features()
+    stats = new_stats(clusters.num_clusters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer = None
+    try:
+        for shard in group:
+            cols = label_rows(work.read_shard(shard), clusters, stats)
+            table = Dataset.from_dict(cols, features=features).data.table
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+        if writer is None:  # an empty group still gets a valid, empty shard
+            writer = pq.ParquetWriter(tmp, Dataset.from_dict({n: [] for n in features}, features=features).data.table.schema)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, path)
+    return {"class_pixel_histogram": stats["class_pixel_histogram"].tolist(),
+            "class_mask_counts": stats["class_mask_counts"].tolist(), "labeled_pixels": stats["labeled_pixels"],
+            "pixels": stats["pixels"], "masks_per_image": stats["masks_per_image"]}
+
+
+def merge_stats(parts: list[dict], k: int) -> dict:
+    total = new_stats(k)
+    for p in parts:
+        total["class_pixel_histogram"] += np.asarray(p["class_pixel_histogram"], np.int64)
+        total["class_mask_counts"] += np.asarray(p["class_mask_counts"], np.int64)
+        total["labeled_pixels"] += p["labeled_pixels"]
+        total["pixels"] += p["pixels"]
+        total["masks_per_image"] += p["masks_per_image"]
+    masks = np.asarray(total["masks_per_image"], dtype=np.float64)
+    return {
+        "images": len(masks),
+        "images_without_masks": int((masks == 0).sum()),
+        "masks_total": int(masks.sum()),
+        "masks_per_image_mean": float(masks.mean()) if len(masks) else 0.0,
+        "masks_per_image_median": float(np.median(masks)) if len(masks) else 0.0,
+        "pixel_coverage": total["labeled_pixels"] / total["pixels"] if total["pixels"] else 0.0,
+        "class_pixel_histogram": total["class_pixel_histogram"].tolist(),
+        "class_mask_counts": total["class_mask_counts"].tolist(),
+    }
+
+
+def id2label(k: int) -> dict[str, str]:
+    width = max(2, len(str(k - 1)))
+    return {str(i): f"cluster_{i:0{width}d}" for i in range(k)}
+
+
+def palette(k: int) -> np.ndarray:
+    """A fixed (256, 3) uint8 palette: distinct hues for 0..k-1 (golden-ratio steps), black for 255."""
+    import colorsys
+
+    colors = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(min(k, 255)):
+        h = (i * 0.618033988749895) % 1.0
+        s = 0.55 + 0.45 * ((i // 7) % 2)
+        v = 0.95 - 0.35 * ((i // 3) % 2)
+        colors[i] = [round(255 * c) for c in colorsys.hsv_to_rgb(h, s, v)]
+    colors[IGNORE_LABEL] = 0
+    return colors
+
+
+def write_preview(folder: Path, data_files: list[Path], k: int, count: int, height: int = 192) -> Path | None:
+    """preview.png: the first `count` images (left) beside their label maps in the fixed palette (right)."""
+    if count <= 0:
+        return None
+    rows = []
+    colors = palette(k)
+    for f in data_files:
+        table = pq.read_table(f, columns=["image", "label"])
+        for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist(), strict=True):
+            if len(rows) >= count:
+                break
+            from .images import decode_image_bytes
+
+            rgb = decode_image_bytes(img["bytes"])
+            label = decode_png(lab["bytes"])
+            width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
+            left = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
+            right = Image.fromarray(colors[label]).resize((width, height), Image.NEAREST)
+            row = Image.new("RGB", (2 * width + 4, height), (255, 255, 255))
+            row.paste(left, (0, 0))
+            row.paste(right, (width + 4, 0))
+            rows.append(row)
+        if len(rows) >= count:
+            break
+    if not rows:
+        return None
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 4 for r in rows)), (255, 255, 255))
+    y = 0
+    for r in rows:
+        canvas.paste(r, (0, y))
+        y += r.height + 4
+    path = folder / "preview.png"
+    tmp = folder / ".preview.png.tmp"
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def write_failures(folder: Path, work: WorkDir, num_shards: int) -> list[dict]:
+    failures = []
+    for shard in range(num_shards):
+        t = work.read_shard(shard, ["index", "source", "error"])
+        for idx, src, err in zip(*(t.column(c).to_pylist() for c in ("index", "source", "error")), strict=True):
+            if err is not None:
+                failures.append({"index": idx, "source": src, "reason": err})
+    atomic_write_text(folder / "failures.jsonl", "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+    return failures

@@ -1,0 +1,60 @@
+"""Mask features: the SAM image embedding averaged inside each mask.
+
+The embedding (C x E x E) covers the SAM input frame: the image resized so its longest side is the
+input size, then padded at the bottom and right to a square. A mask in original pixels is mapped
+into that frame exactly: original pixel (y, x) covers the resized rectangle
+[y*sy, (y+1)*sy) x [x*sx, (x+1)*sx), and embedding cell (i, j) the square
+[i*P, (i+1)*P) x [j*P, (j+1)*P) with P = padded / E. The weight of cell (i, j) is the fraction of
+it the mask covers; padding is covered by no pixel, so it gets no weight. The feature is the
+weight-averaged embedding. The per-axis coverage matrices make this two small matmuls per mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mask_generator import EmbeddingFrame
+
+
+def axis_coverage(n_pixels: int, n_resized: int, n_cells: int, padded: int, device=None) -> torch.Tensor:
+    """(n_cells, n_pixels) matrix: share of cell i's extent covered by original pixel p, along one axis."""
+    scale = n_resized / n_pixels
+    cell = padded / n_cells
+    p = torch.arange(n_pixels, dtype=torch.float64, device=device)
+    i = torch.arange(n_cells, dtype=torch.float64, device=device)
+    lo = torch.maximum(p[None, :] * scale, i[:, None] * cell)
+    hi = torch.minimum((p[None, :] + 1) * scale, (i[:, None] + 1) * cell)
+    return ((hi - lo).clamp_min(0) / cell).float()
+
+
+def mask_cell_weights(masks: torch.Tensor, frame: EmbeddingFrame, grid: int, chunk: int = 32) -> torch.Tensor:
+    """(N, E, E) fraction of each embedding cell covered by each mask (N, H, W) of the image in `frame`."""
+    h, w = masks.shape[-2:]
+    if (h, w) != tuple(frame.original):
+        raise ValueError(f"masks are {h}x{w} but the embedding frame was made for {frame.original}")
+    a_h = axis_coverage(h, frame.resized[0], grid, frame.padded, masks.device)
+    a_w = axis_coverage(w, frame.resized[1], grid, frame.padded, masks.device)
+    out = []
+    for start in range(0, masks.shape[0], chunk):
+        m = masks[start:start + chunk].float()
+        out.append(a_h @ (m @ a_w.T))
+    if not out:
+        return torch.zeros((0, grid, grid), device=masks.device)
+    return torch.cat(out)
+
+
+def mask_features(masks: torch.Tensor, embedding: torch.Tensor, frame: EmbeddingFrame) -> torch.Tensor:
+    """(N, C) masked-average features of masks (N, H, W) bool in the embedding (C, E, E).
+
+    Args:
+        masks: boolean masks at the original image resolution.
+        embedding: SAM image embedding of the same image (as returned with the masks).
+        frame: where the image sits in the SAM input frame.
+    Returns:
+        float32 features; a mask covering no pixel gets zeros.
+    """
+    channels, grid, _ = embedding.shape
+    weights = mask_cell_weights(masks, frame, grid)  # (N, E, E)
+    total = weights.sum(dim=(1, 2))
+    pooled = weights.flatten(1) @ embedding.float().flatten(1).T  # (N, C)
+    return pooled / total.clamp_min(1e-12)[:, None]

@@ -1,0 +1,432 @@
+"""`alps-hf label` and `alps-hf recluster`: the two passes of DESIGN.md, end to end.
+
+Pass 1 (SAM, sharded over processes): decode -> MaskGenerator (one encoder pass per image) ->
+mask features from the same embedding -> segment map -> work shard. K-means (main process):
+features streamed from the work shards in input order. Pass 2 (cheap, sharded again): cluster id
+per segment -> label = lut[segments] -> parquet shards in Hub layout. Recluster = K-means + pass 2.
+Under `accelerate launch` each process takes a contiguous share of the work shards; the result
+is identical to a one-process run because K-means reads the features in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .clustering import ClusterModel, fit_online_kmeans
+from .config import LabelConfig, ReclusterConfig
+from .config_utils import atomic_write_text, config_to_dict, save_config
+from .dataset_writer import (
+    encode_png,
+    group_shards,
+    id2label,
+    merge_stats,
+    shard_file_name,
+    write_failures,
+    write_group,
+    write_preview,
+)
+from .errors import AlpsError, ConfigError, InputError
+from .features import mask_features
+from .mask_generator import MaskGenerator, MaskGeneratorConfig
+from .segment_map import paint_segments
+from .sources import ImageItem, LoadedImage, resolve_inputs
+from .workdir import WorkDir, ensure_empty_or_resumable, input_fingerprint, shard_ranges, split_for_process
+
+PASS1_FIELDS = ("sam", "sam_revision", "split", "image_column", "points_per_side", "pred_iou_thresh",
+                "stability_score_thresh", "stability_score_offset", "mask_threshold", "box_nms_thresh",
+                "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
+                "max_area_fraction", "min_area", "max_mask_side", "shard_size")
+
+
+def generator_config(cfg: LabelConfig) -> MaskGeneratorConfig:
+    fields = MaskGeneratorConfig.__dataclass_fields__
+    return MaskGeneratorConfig(**{k: getattr(cfg, k) for k in fields if hasattr(cfg, k)})
+
+
+# ---- model loading, checked before any weights are read -------------------------------------------------
+def load_sam_config(name: str, revision: str | None):
+    """SamConfig of --sam, or ConfigError saying why it is unusable (fast: config file only)."""
+    from transformers import SamConfig
+
+    try:
+        config = SamConfig.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"unknown SAM model {name!r}: not a local save_pretrained folder and not loadable from the Hub "
+            f"({str(err).splitlines()[0]}). Pass --sam facebook/sam-vit-base (or -large/-huge) or a local folder"
+        ) from None
+    if getattr(config, "model_type", None) != "sam":
+        raise ConfigError(f"--sam {name!r} is a {config.model_type!r} model, not SAM")
+    return config
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+# ---- pass 1 ------------------------------------------------------------------------------------------
+def _prefetch(items: list[tuple[int, ImageItem]], workers: int) -> Iterator[tuple[int, ImageItem, object]]:
+    """Decode items ahead of SAM on a few threads; yields (index, item, LoadedImage or the exception)."""
+
+    def load(item: ImageItem):
+        try:
+            return item.load()
+        except Exception as err:  # noqa: BLE001 - a bad image is recorded, never fatal
+            return err
+
+    if workers == 0:
+        for index, item in items:
+            yield index, item, load(item)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for index, item in it:
+            pending.append((index, item, pool.submit(load, item)))
+            if len(pending) >= 2 * workers + 2:
+                break
+        for index, item in it:
+            i0, it0, fut = pending.popleft()
+            yield i0, it0, fut.result()
+            pending.append((index, item, pool.submit(load, item)))
+        while pending:
+            i0, it0, fut = pending.popleft()
+            yield i0, it0, fut.result()
+
+
+def _nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    rows = (np.arange(height) * array.shape[0] // height).clip(0, array.shape[0] - 1)
+    cols = (np.arange(width) * array.shape[1] // width).clip(0, array.shape[1] - 1)
+    return array[rows][:, cols]
+
+
+def _work_image(loaded: LoadedImage, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    rgb, valid = loaded.rgb, loaded.valid
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb, valid
+    from PIL import Image
+
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    return small, (None if valid is None else _nearest_resize(valid, size[1], size[0]))
+
+
+class Pass1Runner:
+    """Labels images into pass-1 records with one MaskGenerator; keeps per-stage seconds."""
+
+    def __init__(self, generator: MaskGenerator, cfg: LabelConfig):
+        self.generator = generator
+        self.cfg = cfg
+        self.timings: dict[str, float] = {"decode_wait": 0.0, "features": 0.0, "painting": 0.0, "writing": 0.0}
+
+    def _records(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[dict]:
+        works = [_work_image(loaded, self.cfg.max_mask_side) for _, _, loaded in batch]
+        outputs = self.generator.generate([rgb for rgb, _ in works])
+        records = []
+        for (index, item, loaded), (rgb, valid), out in zip(batch, works, outputs, strict=True):
+            t0 = time.perf_counter()
+            feats = mask_features(out.masks.masks, out.embedding, out.frame)
+            t1 = time.perf_counter()
+            valid_t = None if valid is None else torch.as_tensor(valid, device=out.masks.masks.device)
+            seg = paint_segments(out.masks, valid_t)
+            segments = seg.segments.cpu().numpy().astype(np.uint16)
+            h, w = loaded.rgb.shape[:2]
+            if segments.shape != (h, w):
+                segments = _nearest_resize(segments, h, w)
+            area = np.bincount(segments.ravel(), minlength=len(seg.mask_index) + 1)[1:]
+            idx = seg.mask_index
+            t2 = time.perf_counter()
+            records.append({
+                "index": index, "source": item.source, "error": None,
+                "image_bytes": loaded.image_bytes if loaded.image_bytes is not None else encode_png(loaded.rgb),
+                "meta": json.dumps(loaded.meta, sort_keys=True),
+                "segments_png": encode_png(segments),
+                "segment_area": area.astype(np.int64).tolist(),
+                "segment_iou": out.masks.iou_scores[idx].cpu().float().tolist(),
+                "segment_stability": out.masks.stability[idx].cpu().float().tolist(),
+                "features": feats[idx].cpu().numpy().astype(np.float16).tobytes(),
+                "feature_dim": int(feats.shape[1]),
+            })
+            self.timings["features"] += t1 - t0
+            self.timings["painting"] += t2 - t1
+            self.timings["writing"] += time.perf_counter() - t2
+        return records
+
+    def label_batch(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[dict]:
+        """Records for a batch; an image that breaks SAM is retried alone and, failing, recorded as failed."""
+        try:
+            return self._records(batch)
+        except Exception:  # noqa: BLE001
+            if len(batch) == 1:
+                index, item, _ = batch[0]
+                err = sys.exc_info()[1]
+                return [failure_record(index, item.source, f"labeling failed: {type(err).__name__}: {err}")]
+            return [r for one in batch for r in self.label_batch([one])]
+
+
+def failure_record(index: int, source: str, reason: str) -> dict:
+    return {"index": index, "source": source, "error": reason, "image_bytes": None, "meta": None,
+            "segments_png": None, "segment_area": None, "segment_iou": None, "segment_stability": None,
+            "features": None, "feature_dim": None}
+
+
+def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards: list[int],
+              ranges: list[tuple[int, int]], cfg: LabelConfig, progress: tqdm) -> None:
+    for shard in shards:
+        if work.is_done(shard):
+            progress.update(ranges[shard][1] - ranges[shard][0])
+            continue
+        start, stop = ranges[shard]
+        records: list[dict] = []
+        batch: list = []
+        t_wait = time.perf_counter()
+        for index, item, loaded in _prefetch([(i, items[i]) for i in range(start, stop)], cfg.num_workers):
+            runner.timings["decode_wait"] += time.perf_counter() - t_wait
+            if isinstance(loaded, BaseException):
+                reason = str(loaded) if isinstance(loaded, AlpsError) else f"{type(loaded).__name__}: {loaded}"
+                records.append(failure_record(index, item.source, reason))
+                progress.update(1)
+            else:
+                batch.append((index, item, loaded))
+                if len(batch) >= cfg.image_batch_size:
+                    records += runner.label_batch(batch)
+                    progress.update(len(batch))
+                    batch = []
+            t_wait = time.perf_counter()
+        if batch:
+            records += runner.label_batch(batch)
+            progress.update(len(batch))
+        records.sort(key=lambda r: r["index"])
+        t0 = time.perf_counter()
+        n_masks = sum(len(r["segment_area"] or []) for r in records)
+        work.write_shard(shard, records, {"images": stop - start, "masks": n_masks,
+                                          "failed": sum(r["error"] is not None for r in records)})
+        runner.timings["writing"] += time.perf_counter() - t0
+
+
+# ---- K-means + pass 2 (shared by label and recluster) -----------------------------------------------
+def fit_clusters(work: WorkDir, num_shards: int, k: int, seed: int, normalization: str, batch_size: int,
+                 passes: int, metadata: dict) -> ClusterModel:
+    total = sum(work.shard_summary(s)["masks"] for s in range(num_shards))
+    if total < k:
+        raise ConfigError(
+            f"--num-clusters {k} is larger than the number of masks found ({total}); use --num-clusters "
+            f"{max(2, total)} or fewer, loosen the mask filters, or label more images"
+        )
+    return fit_online_kmeans(lambda: work.iter_features(num_shards), k, seed=seed, normalization=normalization,
+                             batch_size=batch_size, passes=passes, metadata=metadata)
+
+
+def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, split: str,
+              max_shard_bytes: int) -> list[Path]:
+    sizes = [work.shard_path(s).stat().st_size for s in range(num_shards)]
+    groups = group_shards(sizes, max_shard_bytes)
+    names = [output / "data" / shard_file_name(split, g, len(groups)) for g in range(len(groups))]
+    mine = split_for_process(len(groups), state.process_index, state.num_processes)
+    work.pass2.mkdir(parents=True, exist_ok=True)
+    for g in tqdm(mine, desc="pass 2: label maps", unit="shard", disable=not state.is_local_main_process):
+        stats = write_group(work, groups[g], clusters, names[g])
+        atomic_write_text(work.pass2 / f"group-{g:05d}.json", json.dumps(stats) + "\n")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        keep = {n.name for n in names}
+        for old in (output / "data").glob(f"{split}-*.parquet"):
+            if old.name not in keep:
+                old.unlink()
+    return names
+
+
+def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, names: list[Path],
+                  info: dict, preview_images: int) -> dict:
+    """Write id2label.json, the cluster model, failures.jsonl, preview.png, alps_dataset.json, README.md."""
+    from .dataset_writer import dataset_features
+
+    k = clusters.num_clusters
+    parts = [json.loads((work.pass2 / f"group-{g:05d}.json").read_text()) for g in range(len(names))]
+    stats = merge_stats(parts, k)
+    failures = write_failures(output, work, num_shards)
+    stats["failed"] = len(failures)
+    clusters.save(output)
+    atomic_write_text(output / "id2label.json", json.dumps(id2label(k), indent=2) + "\n")
+    write_preview(output, names, k, preview_images)
+    split = info["split"]
+    info = {**info, "num_clusters": k, "feature_normalization": clusters.normalization,
+            "splits": {split: {"num_rows": stats["images"], "files": [f"data/{n.name}" for n in names],
+                               "num_bytes": sum(n.stat().st_size for n in names)}},
+            "stats": stats, "features": dataset_features().to_dict()}
+    atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    from .cards import render_dataset_card
+
+    card = render_dataset_card(info)
+    atomic_write_text(output / "README.md", str(card))
+    return info
+
+
+# ---- commands ----------------------------------------------------------------------------------------
+def run_label(cfg: LabelConfig) -> int:
+    """`alps-hf label`: see the module docstring. Returns the exit code (0)."""
+    from accelerate import PartialState
+
+    output = Path(cfg.output)
+    ensure_empty_or_resumable(output, cfg.resume, cfg.overwrite)
+    inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column)
+    sam_config = load_sam_config(cfg.sam, cfg.sam_revision)
+    given_clusters = None
+    if cfg.clusters:
+        given_clusters = ClusterModel.load(cfg.clusters)
+        if given_clusters.feature_dim != sam_config.vision_config.output_channels:
+            from .errors import ClusterModelError
+
+            raise ClusterModelError(
+                f"--clusters {cfg.clusters} has {given_clusters.feature_dim}-d centroids but --sam {cfg.sam} gives "
+                f"{sam_config.vision_config.output_channels}-d features; use a cluster model made with the same SAM"
+            )
+
+    state = PartialState()
+    if cfg.overwrite and output.exists() and state.is_main_process:
+        shutil.rmtree(output)
+    state.wait_for_everyone()
+    work = WorkDir(output / "work")
+    sources = [it.source for it in inputs.items]
+    fingerprint = {**{k: getattr(cfg, k) for k in PASS1_FIELDS}, "num_inputs": len(sources),
+                   "inputs_sha256": input_fingerprint(sources)}
+    if cfg.resume:
+        work.check_manifest(fingerprint)
+    ranges = shard_ranges(len(inputs.items), cfg.shard_size)
+    if state.is_main_process:
+        work.write_manifest({"fingerprint": fingerprint, "num_shards": len(ranges), "alps_hf_version": __version__})
+        save_config(cfg, output / "label_config.json", alps_hf_version=__version__)
+    state.wait_for_everyone()
+
+    t_start = time.perf_counter()
+    device = torch.device(cfg.device) if cfg.device else state.device
+    generator = MaskGenerator.from_pretrained(cfg.sam, generator_config(cfg), revision=cfg.sam_revision,
+                                              device=device, dtype=resolve_dtype(cfg.dtype, device))
+    runner = Pass1Runner(generator, cfg)
+    t_loaded = time.perf_counter()
+    mine = list(split_for_process(len(ranges), state.process_index, state.num_processes))
+    total = len(inputs.items)
+    with tqdm(total=sum(ranges[s][1] - ranges[s][0] for s in mine), desc="pass 1: SAM masks", unit="img",
+              disable=not state.is_local_main_process, dynamic_ncols=True) as progress:
+        run_pass1(runner, inputs.items, work, mine, ranges, cfg, progress)
+    state.wait_for_everyone()
+    t_pass1 = time.perf_counter()
+
+    meta = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": cfg.sam,
+            "sam_revision": cfg.sam_revision, "alps_hf_version": __version__}
+    if state.is_main_process:
+        clusters = given_clusters or fit_clusters(work, len(ranges), cfg.num_clusters, cfg.seed,
+                                                  cfg.feature_normalization, cfg.kmeans_batch_size,
+                                                  cfg.kmeans_passes, meta)
+        clusters.save(work.root)
+    state.wait_for_everyone()
+    clusters = ClusterModel.load(work.root)
+    t_kmeans = time.perf_counter()
+    names = run_pass2(state, output, work, len(ranges), clusters, cfg.split, cfg.max_shard_bytes)
+    t_pass2 = time.perf_counter()
+    if not state.is_main_process:
+        return 0
+    info = finish_folder(output, work, len(ranges), clusters, names, dataset_info_base(cfg, inputs.description),
+                         cfg.preview_images)
+    stats = info["stats"]
+    seconds = {"load_model": t_loaded - t_start, "pass1": t_pass1 - t_loaded, "kmeans": t_kmeans - t_pass1,
+               "pass2": t_pass2 - t_kmeans, "finish": time.perf_counter() - t_pass2,
+               **{f"pass1.{k}": v for k, v in generator.timings.items()},
+               **{f"pass1.{k}": v for k, v in runner.timings.items()}}
+    print_summary(output, total, stats, seconds)
+    if cfg.push_to_hub:
+        from .publish import push_to_hub
+
+        push_to_hub(output, cfg.push_to_hub, private=cfg.private)
+    return 0
+
+
+def dataset_info_base(cfg: LabelConfig, description: str) -> dict:
+    gen = asdict(generator_config(cfg))
+    gen.pop("upsample_chunk", None)
+    return {"alps_hf_version": __version__, "sam_model": cfg.sam, "sam_revision": cfg.sam_revision,
+            "seed": cfg.seed, "source": description, "license": cfg.license, "pretty_name": cfg.pretty_name,
+            "split": cfg.split, "generator": gen, "kmeans": {"passes": cfg.kmeans_passes,
+                                                             "batch_size": cfg.kmeans_batch_size}}
+
+
+def print_summary(output: Path, total: int, stats: dict, seconds: dict) -> None:
+    lines = [
+        f"alps-hf: wrote {output}",
+        f"  images: {total} in, {stats['images']} labeled, {stats['failed']} skipped (see failures.jsonl), "
+        f"{stats['images_without_masks']} without any mask",
+        f"  masks: {stats['masks_total']} ({stats['masks_per_image_mean']:.1f} per image), "
+        f"pixel coverage {100 * stats['pixel_coverage']:.1f} %",
+        "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()),
+    ]
+    print("\n".join(lines))
+
+
+def run_recluster(cfg: ReclusterConfig) -> int:
+    """`alps-hf recluster`: refit K-means on the stored features and rewrite the labels; SAM is not loaded."""
+    from accelerate import PartialState
+
+    output = Path(cfg.folder)
+    work = WorkDir(output / "work")
+    manifest = work.read_manifest()
+    config_path = output / "label_config.json"
+    if manifest is None or not config_path.is_file():
+        raise InputError(f"{output} is not a folder written by `alps-hf label` (no work/manifest.json or "
+                         "label_config.json); recluster needs the work folder of the original run")
+    num_shards = manifest["num_shards"]
+    missing = [s for s in range(num_shards) if not work.is_done(s)]
+    if missing:
+        raise InputError(f"{output}: pass 1 is unfinished ({len(missing)} of {num_shards} work shards missing); "
+                         "finish it with `alps-hf label ... --resume` first")
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    saved.pop("alps_hf_version", None)
+    label_cfg = LabelConfig(**{k: v for k, v in saved.items() if k in LabelConfig.__dataclass_fields__})
+    label_cfg.num_clusters = cfg.num_clusters
+    label_cfg.clusters = None
+    for name in ("seed", "feature_normalization", "kmeans_passes"):
+        if getattr(cfg, name) is not None:
+            setattr(label_cfg, name, getattr(cfg, name))
+    state = PartialState()
+    t0 = time.perf_counter()
+    meta = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": label_cfg.sam,
+            "sam_revision": label_cfg.sam_revision, "alps_hf_version": __version__}
+    if state.is_main_process:
+        clusters = fit_clusters(work, num_shards, label_cfg.num_clusters, label_cfg.seed,
+                                label_cfg.feature_normalization, label_cfg.kmeans_batch_size,
+                                label_cfg.kmeans_passes, meta)
+        clusters.save(work.root)
+    state.wait_for_everyone()
+    clusters = ClusterModel.load(work.root)
+    t1 = time.perf_counter()
+    names = run_pass2(state, output, work, num_shards, clusters, label_cfg.split, label_cfg.max_shard_bytes)
+    t2 = time.perf_counter()
+    if not state.is_main_process:
+        return 0
+    previous = json.loads((output / "alps_dataset.json").read_text()) if (output / "alps_dataset.json").is_file() else {}
+    base = dataset_info_base(label_cfg, previous.get("source", str(output)))
+    info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
+    save_config(label_cfg, config_path, alps_hf_version=__version__)
+    total = sum(work.shard_summary(s)["images"] for s in range(num_shards))
+    print_summary(output, total, info["stats"], {"kmeans": t1 - t0, "pass2": t2 - t1,
+                                                  "finish": time.perf_counter() - t2})
+    return 0
+
+
+__all__ = ["run_label", "run_recluster", "config_to_dict"]

@@ -1,0 +1,79 @@
+"""Segment maps: which mask is visible at each pixel, and label painting through a lookup table.
+
+Paint order: larger masks first, smaller on top; equal areas: the higher predicted IoU on top;
+then the lower index on top. Segment ids are 1-based in paint order and count only masks that
+stay visible somewhere; 0 = no mask. A label map is then `lut[segments]` with `lut[0] = 255`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .masks import MaskSet
+
+IGNORE_LABEL = 255
+MAX_SEGMENTS = 65535  # segment maps are uint16
+
+
+@dataclass
+class SegmentMap:
+    """Attributes:
+    segments: (H, W) int32 tensor, 0 = none, k = k-th visible mask in paint order.
+    mask_index: (n,) int64, for segment k (1-based) the index of its mask in the MaskSet: mask_index[k-1].
+    visible_area: (n,) int64 pixel count of each segment in the map.
+    """
+
+    segments: torch.Tensor
+    mask_index: torch.Tensor
+    visible_area: torch.Tensor
+
+
+def paint_order(areas: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Mask indices in paint order (first painted first): area descending, score ascending, index descending."""
+    areas_np = areas.detach().cpu().numpy().astype(np.int64)
+    scores_np = scores.detach().cpu().numpy().astype(np.float64)
+    index = np.arange(len(areas_np))
+    # np.lexsort sorts by the last key first; everything ascending, so negate what should descend.
+    order = np.lexsort((-index, scores_np, -areas_np))
+    return torch.as_tensor(order, dtype=torch.int64, device=areas.device)
+
+
+def paint_segments(masks: MaskSet, valid: torch.Tensor | None = None, chunk: int = 16) -> SegmentMap:
+    """Resolve overlapping masks into one segment map (see module docstring for the order).
+
+    Args:
+        masks: the image's masks.
+        valid: optional (H, W) bool; pixels where it is False get no segment (no-data).
+    """
+    h, w = masks.image_size
+    device = masks.masks.device
+    order = paint_order(masks.areas, masks.iou_scores)
+    # uint16 ids: beyond 65535 masks (far above what a 32x32 grid yields), the smallest ones are dropped.
+    order = order[:MAX_SEGMENTS]
+    top = torch.zeros((h, w), dtype=torch.int32, device=device)
+    for start in range(0, len(order), chunk):
+        idx = order[start:start + chunk]
+        rank = torch.arange(start + 1, start + 1 + len(idx), dtype=torch.int32, device=device)
+        painted = torch.where(masks.masks[idx], rank[:, None, None], torch.zeros((), dtype=torch.int32, device=device))
+        top = torch.maximum(top, painted.amax(dim=0))
+    if valid is not None:
+        top = torch.where(valid.to(device), top, torch.zeros_like(top))
+    counts = torch.bincount(top.flatten().long(), minlength=len(order) + 1)
+    visible = counts[1:] > 0
+    remap = torch.zeros(len(order) + 1, dtype=torch.int32, device=device)
+    remap[1:] = torch.where(visible, torch.cumsum(visible.int(), 0).int(), torch.zeros_like(remap[1:]))
+    return SegmentMap(
+        segments=remap[top.long()],
+        mask_index=order[visible],
+        visible_area=counts[1:][visible].to(torch.int64),
+    )
+
+
+def paint_labels(segments: np.ndarray, segment_class: np.ndarray) -> np.ndarray:
+    """uint8 label map `lut[segments]`: segment k gets segment_class[k-1]; 0 (no mask) gets 255."""
+    lut = np.full(len(segment_class) + 1, IGNORE_LABEL, dtype=np.uint8)
+    lut[1:] = np.asarray(segment_class, dtype=np.uint8)
+    return lut[segments]

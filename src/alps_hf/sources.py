@@ -1,0 +1,172 @@
+"""Input resolution: what `alps-hf label` reads, as a sorted list of lazily loaded items.
+
+An input is a folder of images (searched recursively, sorted; every non-hidden file is an input,
+so a stray non-image file is reported in failures.jsonl rather than silently ignored), image files,
+a `save_to_disk` folder, a Hub-layout dataset folder, or a Hub dataset id.
+Resolution is cheap (no image is decoded) and happens before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, InputError
+from .images import decode_image_bytes
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedImage:
+    """One decoded input.
+
+    Attributes:
+        rgb: (H, W, 3) uint8, upright (EXIF applied).
+        image_bytes: encoded bytes for the dataset's `image` column (the original file where possible);
+            None means: encode `rgb` as PNG.
+        valid: optional (H, W) bool; False = no-data, labeled 255.
+        meta: extra facts about the row (window coordinates, CRS, ...).
+    """
+
+    rgb: np.ndarray
+    image_bytes: bytes | None = None
+    valid: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class ImageItem:
+    """An input not yet decoded: `load()` returns a LoadedImage or raises ImageError."""
+
+    source: str
+    load: Callable[[], LoadedImage]
+
+
+@dataclass
+class InputSet:
+    items: list[ImageItem]
+    description: str
+
+
+def _read_file(path: Path) -> LoadedImage:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
+    return LoadedImage(rgb=decode_image_bytes(data, str(path)), image_bytes=data)
+
+
+def _file_item(path: Path, shown: str) -> ImageItem:
+    return ImageItem(source=shown, load=lambda: _read_file(path))
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Every regular, non-hidden file under folder, sorted by relative POSIX path."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(root) / n for n in names if not n.startswith(".")]
+    return sorted((f for f in files if f.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return (folder / "dataset_info.json").is_file() and (folder / "state.json").is_file() or (
+        folder / "dataset_dict.json").is_file()
+
+
+def _is_hub_layout(folder: Path) -> bool:
+    readme = folder / "README.md"
+    if readme.is_file() and "configs:" in readme.read_text(encoding="utf-8", errors="ignore"):
+        return True
+    data = folder / "data"
+    return data.is_dir() and any(p.suffix in (".parquet", ".arrow") for p in data.iterdir())
+
+
+def _dataset_items(ds, name: str, split: str, image_column: str) -> list[ImageItem]:
+    from datasets import Image as ImageFeature
+
+    if image_column not in ds.column_names:
+        raise InputError(
+            f"dataset {name} has no column {image_column!r}; its columns are {ds.column_names}: pass --image-column"
+        )
+    ds = ds.cast_column(image_column, ImageFeature(decode=False))
+
+    def loader(i: int) -> Callable[[], LoadedImage]:
+        def load() -> LoadedImage:
+            value = ds[i][image_column]
+            if value is None:
+                raise ImageError(f"{name}[{split}][{i}]: empty image cell")
+            data = value.get("bytes")
+            if data is None and value.get("path"):
+                return _read_file(Path(value["path"]))
+            return LoadedImage(rgb=decode_image_bytes(data or b"", f"{name}[{split}][{i}]"), image_bytes=data)
+        return load
+
+    return [ImageItem(f"{name}:{split}[{i}]", loader(i)) for i in range(len(ds))]
+
+
+def _pick_split(obj, name: str, split: str):
+    from datasets import DatasetDict
+
+    if isinstance(obj, DatasetDict):
+        if split not in obj:
+            raise InputError(f"dataset {name} has no split {split!r}; its splits are {list(obj)}: pass --split")
+        return obj[split]
+    return obj
+
+
+def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = "image") -> InputSet:
+    """Turn the command's inputs into a sorted list of items; raise InputError when there is nothing to read."""
+    if len(inputs) == 1:
+        target = inputs[0]
+        path = Path(target)
+        if path.is_dir():
+            if _is_saved_dataset(path):
+                from datasets import load_from_disk
+
+                ds = _pick_split(load_from_disk(str(path)), target, split)
+                return InputSet(_dataset_items(ds, target, split, image_column), f"load_from_disk({target!r})")
+            if _is_hub_layout(path):
+                from datasets import load_dataset
+
+                try:
+                    ds = load_dataset(str(path), split=split)
+                except ValueError as err:
+                    raise InputError(f"cannot read split {split!r} of dataset folder {target}: {err}") from None
+                return InputSet(_dataset_items(ds, target, split, image_column), f"load_dataset({target!r})")
+            files = list_image_files(path)
+            if not files:
+                raise InputError(f"input folder {target} holds no files; point to a folder with images")
+            items = [_file_item(f, f.relative_to(path).as_posix()) for f in files]
+            return InputSet(items, f"folder {path.name or target} ({len(items)} files)")
+        if not path.exists() and _HUB_ID.match(target) and not target.startswith("."):
+            from datasets import load_dataset
+
+            try:
+                ds = load_dataset(target, split=split)
+            except Exception as err:  # noqa: BLE001 - any Hub failure becomes one clear message
+                raise InputError(
+                    f"input {target!r} is not a local path, and loading it as a Hub dataset failed: "
+                    f"{type(err).__name__}: {err}"
+                ) from None
+            return InputSet(_dataset_items(ds, target, split, image_column), f"Hub dataset {target} ({split})")
+    missing = [p for p in inputs if not Path(p).exists()]
+    if missing:
+        raise InputError(f"input path {missing[0]} does not exist; pass an existing folder, files or a dataset id")
+    items: list[ImageItem] = []
+    for p in inputs:
+        path = Path(p)
+        if path.is_dir():
+            items += [_file_item(f, f.as_posix()) for f in list_image_files(path)]
+        else:
+            items.append(_file_item(path, path.as_posix()))
+    if not items:
+        raise InputError(f"inputs {inputs} hold no files; point to images")
+    items.sort(key=lambda it: it.source)
+    return InputSet(items, f"{len(items)} files")

@@ -1,0 +1,140 @@
+"""The work folder of a labeling run: pass-1 shards, their done markers, and the manifest.
+
+Pass 1 writes one parquet file per shard of the (sorted) input list: for every input either its
+segment map, per-segment stats and float16 mask features, or the reason it failed. A shard is
+finished when its done marker exists; both are written through a temporary name and a rename, so
+a killed run never leaves a half-written shard that looks finished. The manifest holds a
+fingerprint of everything that shapes pass 1 (inputs and settings): `--resume` refuses to
+continue when it changed, and says what changed. Pass 2 and `recluster` read only this folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config_utils import atomic_write_text
+from .errors import ConfigError
+
+PASS1_SCHEMA = pa.schema([
+    ("index", pa.int64()),
+    ("source", pa.string()),
+    ("error", pa.string()),  # null when the image was labeled
+    ("image_bytes", pa.binary()),
+    ("meta", pa.string()),  # JSON object
+    ("segments_png", pa.binary()),  # 16-bit PNG segment map at the original size
+    ("segment_area", pa.list_(pa.int64())),
+    ("segment_iou", pa.list_(pa.float32())),
+    ("segment_stability", pa.list_(pa.float32())),
+    ("features", pa.binary()),  # float16, (n_segments, feature_dim), C order
+    ("feature_dim", pa.int32()),
+])
+
+
+def input_fingerprint(sources: list[str]) -> str:
+    digest = hashlib.sha256()
+    for s in sources:
+        digest.update(s.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+class WorkDir:
+    """Layout: <output>/work/{manifest.json, pass1/shard-NNNNN.parquet, pass1/shard-NNNNN.done}."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.pass1 = self.root / "pass1"
+        self.pass2 = self.root / "pass2"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def shard_path(self, shard: int) -> Path:
+        return self.pass1 / f"shard-{shard:05d}.parquet"
+
+    def done_path(self, shard: int) -> Path:
+        return self.pass1 / f"shard-{shard:05d}.done"
+
+    def is_done(self, shard: int) -> bool:
+        return self.done_path(shard).is_file() and self.shard_path(shard).is_file()
+
+    # ---- manifest ------------------------------------------------------------------------------
+    def read_manifest(self) -> dict | None:
+        if not self.manifest_path.is_file():
+            return None
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    def check_manifest(self, fingerprint: dict) -> None:
+        """Raise ConfigError naming every pass-1 setting or input that differs from the manifest."""
+        old = (self.read_manifest() or {}).get("fingerprint")
+        if old is None:
+            return
+        changed = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+        if changed:
+            detail = "; ".join(
+                "the input list" if k == "inputs_sha256" else f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}"
+                for k in changed
+            )
+            raise ConfigError(
+                f"cannot --resume: {detail} changed since the run in {self.root.parent} started. Run with the "
+                "same settings and inputs, or start again with --overwrite"
+            )
+
+    # ---- pass-1 shards -------------------------------------------------------------------------
+    def write_shard(self, shard: int, records: list[dict], summary: dict) -> None:
+        self.pass1.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(records, schema=PASS1_SCHEMA)
+        path = self.shard_path(shard)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        atomic_write_text(self.done_path(shard), json.dumps(summary, sort_keys=True) + "\n")
+
+    def read_shard(self, shard: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.shard_path(shard), columns=columns)
+
+    def shard_summary(self, shard: int) -> dict:
+        return json.loads(self.done_path(shard).read_text(encoding="utf-8"))
+
+    def iter_features(self, num_shards: int) -> Iterator[np.ndarray]:
+        """Mask features of every labeled image, in input order, one (n, D) float32 array per image."""
+        for shard in range(num_shards):
+            table = self.read_shard(shard, ["error", "features", "feature_dim"])
+            for err, blob, dim in zip(*(table.column(c).to_pylist() for c in ("error", "features", "feature_dim")),
+                                      strict=True):
+                if err is None and blob:
+                    yield np.frombuffer(blob, dtype=np.float16).reshape(-1, dim).astype(np.float32)
+
+
+def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, num_items)) for s in range(0, num_items, shard_size)]
+
+
+def split_for_process(num_units: int, rank: int, world: int) -> range:
+    """The contiguous share of units [0, num_units) that process `rank` of `world` handles."""
+    return range(rank * num_units // world, (rank + 1) * num_units // world)
+
+
+def ensure_empty_or_resumable(output: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing, non-empty output folder unless --resume or --overwrite says what to do."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} exists and is a file; choose a folder path")
+    if output.is_dir() and any(output.iterdir()) and not (resume or overwrite):
+        raise ConfigError(
+            f"--output {output} already exists and is not empty; pass --resume to continue that run or "
+            "--overwrite to replace it"
+        )
+    if resume and output.is_dir() and any(output.iterdir()) and not (output / "work" / "manifest.json").is_file():
+        raise ConfigError(f"--resume: {output} holds no alps_hf run (no work/manifest.json); use --overwrite")
