@@ -139,3 +139,25 @@ def test_pseudo_label_scorer_counts_unlabeled_pixels_as_misses():
     assert q["coverage"] == pytest.approx(4 / 5)
     with pytest.raises(ValueError, match="pseudo-label values"):
         scorer.update(np.array([[5]]), np.array([[0]]))
+
+
+def test_evaluate_module_agrees_with_torch_path():
+    import evaluate
+
+    from alps_hf.metrics_module import METRIC_PATH
+
+    rng = np.random.default_rng(3)
+    refs = [rng.integers(0, 4, size=(5, 6)) for _ in range(3)]
+    refs[0][0] = 255
+    preds = [rng.integers(0, 5, size=(5, 6)) for _ in range(3)]  # class 4 predicted, never labelled
+    metric = evaluate.load(METRIC_PATH)
+    got = metric.compute(predictions=preds, references=refs, num_labels=6)
+    cm = ConfusionMatrix(6)
+    for p, r in zip(preds, refs, strict=True):
+        cm.update(torch.from_numpy(p), torch.from_numpy(r))
+    want = cm.compute()
+    for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        assert got[key] == pytest.approx(want[key])
+    want_iou = [math.nan if v is None else v for v in want["per_class_iou"].values()]
+    np.testing.assert_allclose(got["per_category_iou"], want_iou)
+    assert got["per_category_iou"][4] == 0.0 and math.isnan(got["per_category_iou"][5])
