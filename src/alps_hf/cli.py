@@ -36,6 +36,12 @@ COMMANDS: dict[str, Command] = {
         "Re-cluster an existing labeled folder with another K, without re-running SAM.",
         positional="folder",
     ),
+    "push": Command(
+        "alps_hf.publish:run_push",
+        ("alps_hf.publish:PushConfig",),
+        "Publish a labeled dataset folder or a trained model folder to the Hugging Face Hub.",
+        positional="folder",
+    ),
 }
 
 
