@@ -1,0 +1,558 @@
+"""Publish an alps_hf dataset folder or model folder to the Hugging Face Hub.
+
+`push_to_hub(folder, repo_id)` recognises the kind of folder, stages exactly what will be sent
+into a temporary folder (the card re-rendered for `repo_id`; `work/`, `checkpoints/`,
+`checkpoint-*` and temporary files left out), validates the staged folder (shard names and counts
+against `alps_dataset.json` and the card's `configs`; model weights loaded with
+`from_pretrained`), and only then talks to the Hub: `create_repo(exist_ok=True)`, the branch
+for `revision`, and ONE `upload_folder` commit. The local folder is only read, never changed, so
+a failed upload can simply be retried.
+
+A README.md on the Hub that was edited by hand (its alps_hf digest marker no longer matches) is
+kept unless `overwrite_card=True`.
+
+The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`); it is never
+passed around, printed or written by this module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import __version__
+from .cards import (
+    HISTOGRAM_FILE,
+    REPO_ID_RULE,
+    card_is_generated,
+    is_repo_id,
+    read_json,
+    render_class_histogram,
+    render_dataset_card,
+    render_model_card,
+)
+from .config_utils import arg, dashed
+from .errors import ConfigError, PublishError
+
+Kind = Literal["dataset", "model"]
+
+DATASET_MARKER = "alps_dataset.json"
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+LOGIN_HELP = (
+    "log in with `hf auth login` (or set the HF_TOKEN environment variable) using a token with write "
+    "access to that namespace"
+)
+
+# Never uploaded: pass-1 intermediates, training checkpoints, temporary and hidden files.
+EXCLUDED_DIRS = ("work", "checkpoints", "__pycache__", "runs")
+EXCLUDED_GLOBS = ("checkpoint-*", "*.tmp", "*.tmp.*", "*.partial", "*.lock", "*~", ".*")
+KEPT_HIDDEN = (".gitattributes",)
+
+_SHARD = re.compile(r"^data/(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+
+
+@dashed
+@dataclass
+class PushConfig:
+    """Flags of `alps-hf push`."""
+
+    folder: str = arg(
+        help="Dataset folder written by `alps-hf label` or model folder written by `alps-hf pretrain`/`finetune`."
+    )
+    repo_id: str = arg(help="Hub repo to create or update, as 'namespace/name' (e.g. alps/isaid-pseudo).")
+    private: bool = arg(False, help="Create the repo as private (an existing repo keeps its visibility).")
+    revision: str | None = arg(
+        None, help="Branch to commit to; created from main when missing. Default: main."
+    )
+    overwrite_card: bool = arg(False, help="Replace a README.md that was edited by hand on the Hub.")
+    commit_message: str | None = arg(None, help="Commit message. Default: a summary of the dataset or model.")
+    dry_run: bool = arg(False, help="Stage and validate, list the files, but send nothing (no token needed).")
+
+    def __post_init__(self):
+        check_repo_id(self.repo_id)
+        if not Path(self.folder).is_dir():
+            raise ConfigError(
+                f"folder {self.folder!r} does not exist or is not a directory; pass the output folder of `alps-hf label` or `alps-hf pretrain`"
+            )
+
+
+@dataclass
+class PushResult:
+    """What `push_to_hub` did (or, with dry_run, would do)."""
+
+    kind: Kind
+    repo_id: str
+    url: str
+    files: list[str]  # paths relative to the repo root, sorted, exactly what was (or would be) uploaded
+    commit_message: str
+    card: Literal["uploaded", "kept-hub-card", "kept-local-card"] = "uploaded"
+    commit_url: str | None = None
+    excluded: list[str] = field(default_factory=list)  # top-level entries of the folder left out
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Return `repo_id` or raise PublishError stating the Hub's naming rule."""
+    if not is_repo_id(repo_id):
+        raise PublishError(f"invalid repo id {repo_id!r}: a Hub repo id is {REPO_ID_RULE}; fix --repo-id")
+    return repo_id
+
+
+def detect_kind(folder: str | Path) -> Kind:
+    """'dataset' for an `alps-hf label` folder, 'model' for a `save_pretrained` folder.
+
+    Raises:
+        PublishError: naming what each kind needs and what the folder lacks.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(
+            f"{folder} is not a directory; pass the folder written by `alps-hf label` or `alps-hf pretrain`"
+        )
+    if (folder / DATASET_MARKER).is_file():
+        return "dataset"
+    has_config = (folder / "config.json").is_file()
+    has_weights = any((folder / w).is_file() for w in MODEL_WEIGHTS)
+    if has_config and has_weights:
+        return "model"
+    if has_config or has_weights:
+        missing = "model.safetensors" if has_config else "config.json"
+        raise PublishError(
+            f"{folder} looks like a model folder but has no {missing}; save it with `model.save_pretrained(folder)`"
+        )
+    present = sorted(p.name for p in folder.iterdir())[:12]
+    raise PublishError(
+        f"{folder} is neither an alps_hf dataset folder (needs {DATASET_MARKER} and data/*.parquet, "
+        f"written by `alps-hf label`) nor a model folder (needs config.json and model.safetensors, written "
+        f"by `alps-hf pretrain`); it holds: {present or 'nothing'}"
+    )
+
+
+def _excluded(rel: Path) -> bool:
+    parts = rel.parts
+    if parts[0] in EXCLUDED_DIRS:
+        return True
+    for part in parts:
+        if part in KEPT_HIDDEN:
+            continue
+        if any(fnmatch.fnmatch(part, pattern) for pattern in EXCLUDED_GLOBS):
+            return True
+    return False
+
+
+def iter_upload_files(folder: str | Path) -> Iterator[Path]:
+    """Files of `folder` that belong in the repo, relative, sorted (symlinks to files followed)."""
+    folder = Path(folder)
+    for root, dirs, files in os.walk(folder):
+        rel_root = Path(root).relative_to(folder)
+        dirs[:] = sorted(d for d in dirs if not _excluded(rel_root / d))
+        for name in sorted(files):
+            rel = rel_root / name
+            if not _excluded(rel) and (folder / rel).is_file():
+                yield rel
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link stages gigabytes of shards for free; staged files are never written through
+    # (a staged README is unlinked first), so the source stays untouched.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src.resolve(), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_staged(path: Path, text: str) -> None:
+    if path.exists():
+        path.unlink()  # break a hard link to the source folder before writing
+    path.write_text(text, encoding="utf-8")
+
+
+def stage(
+    folder: str | Path, dest: str | Path, repo_id: str | None = None, kind: Kind | None = None
+) -> tuple[Kind, str]:
+    """Build in `dest` exactly the folder that will be uploaded; `folder` is only read.
+
+    The card is re-rendered for `repo_id` when the local README.md is missing or was generated
+    by alps_hf and not edited since; a README.md edited by hand is kept as it is. A dataset
+    also gets `class_histogram.png` when it lacks one.
+
+    Returns:
+        (kind, card) with card "uploaded" (re-rendered) or "kept-local-card".
+    """
+    folder, dest = Path(folder), Path(dest)
+    kind = kind or detect_kind(folder)
+    for rel in iter_upload_files(folder):
+        _link_or_copy(folder / rel, dest / rel)
+    readme = folder / "README.md"
+    local_text = readme.read_text(encoding="utf-8") if readme.is_file() else None
+    card = "uploaded"
+    if local_text is not None and not card_is_generated(local_text):
+        card = "kept-local-card"
+    elif kind == "dataset":
+        info = read_json(folder / DATASET_MARKER)
+        _write_staged(dest / "README.md", str(render_dataset_card(info, repo_id=repo_id)))
+    else:
+        _write_staged(dest / "README.md", str(render_model_card(folder, repo_id=repo_id)))
+    if kind == "dataset" and not (dest / HISTOGRAM_FILE).is_file():
+        render_class_histogram(read_json(folder / DATASET_MARKER), dest / HISTOGRAM_FILE)
+    return kind, card
+
+
+# ---------------------------------------------------------------------------------------------
+# validation (on the staged folder, before anything is sent)
+
+
+def _card_split_patterns(readme: Path) -> dict[str, list[str]] | None:
+    """split -> data_files patterns of the default config in a card's YAML, or None without configs."""
+    from huggingface_hub import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except Exception as err:  # yaml raises many types
+        raise PublishError(
+            f"{readme.name} has YAML that does not parse: {err}; fix it or delete it to regenerate"
+        ) from err
+    configs = meta.get("configs")
+    if not configs:
+        return None
+    config = next((c for c in configs if c.get("config_name", "default") == "default"), configs[0])
+    data_files = config.get("data_files")
+    if isinstance(data_files, (str, list)) and (
+        isinstance(data_files, str) or all(isinstance(d, str) for d in data_files)
+    ):
+        return {"train": [data_files] if isinstance(data_files, str) else list(data_files)}
+    out: dict[str, list[str]] = {}
+    for entry in data_files or []:
+        paths = entry.get("path")
+        out[entry.get("split", "train")] = [paths] if isinstance(paths, str) else list(paths or [])
+    return out
+
+
+def validate_dataset(folder: str | Path) -> dict[str, Any]:
+    """Check a (staged) dataset folder before upload; return its alps_dataset.json dict.
+
+    Checks: every split's shards exist and are named `data/<split>-NNNNN-of-NNNNN.parquet` with
+    indices 0..N-1 and N equal to the number of files listed; no unlisted parquet under `data/`;
+    row counts and columns agree with alps_dataset.json; the card's `configs` select exactly
+    these shards per split; id2label.json has K entries.
+
+    Raises:
+        PublishError: naming the first inconsistency and how to fix it.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    info = read_json(folder / DATASET_MARKER)
+    splits = info.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise PublishError(f"{DATASET_MARKER} lists no splits; re-run `alps-hf label` to rewrite the folder")
+    features = list((info.get("features") or {}).keys())
+    listed: set[str] = set()
+    for split, entry in splits.items():
+        files = list(entry.get("files") or [])
+        if not files:
+            raise PublishError(f"split {split!r} in {DATASET_MARKER} lists no shard files")
+        for path in files:
+            match = _SHARD.match(path)
+            if not match or match.group("split") != split:
+                raise PublishError(
+                    f"shard {path!r} of split {split!r} is not named data/{split}-NNNNN-of-NNNNN.parquet; "
+                    "re-run `alps-hf label` rather than renaming shards by hand"
+                )
+        expected = [f"data/{split}-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
+        if sorted(files) != expected:
+            raise PublishError(
+                f"split {split!r} lists {len(files)} shard(s) {sorted(files)} but expects {expected}: "
+                "shard numbering or count is inconsistent"
+            )
+        rows = 0
+        for path in files:
+            if not (folder / path).is_file():
+                raise PublishError(
+                    f"shard {path} of split {split!r} is listed in {DATASET_MARKER} but missing from the folder"
+                )
+            try:
+                meta = pq.read_metadata(folder / path)
+            except Exception as err:
+                raise PublishError(f"shard {path} is not a readable parquet file: {err}") from err
+            rows += meta.num_rows
+            columns = list(meta.schema.to_arrow_schema().names)
+            if features and columns != features:
+                raise PublishError(
+                    f"shard {path} has columns {columns}, {DATASET_MARKER} features say {features}"
+                )
+        if "num_rows" in entry and rows != int(entry["num_rows"]):
+            raise PublishError(
+                f"split {split!r}: shards hold {rows} rows, {DATASET_MARKER} says {entry['num_rows']}; "
+                "the folder was changed after labeling, re-run `alps-hf label`"
+            )
+        listed.update(files)
+    on_disk = (
+        {p.relative_to(folder).as_posix() for p in (folder / "data").rglob("*.parquet")}
+        if (folder / "data").is_dir()
+        else set()
+    )
+    extra = sorted(on_disk - listed)
+    if extra:
+        raise PublishError(
+            f"parquet files {extra} are under data/ but not listed in {DATASET_MARKER}; remove them or re-run `alps-hf label`"
+        )
+    readme = folder / "README.md"
+    if readme.is_file():
+        patterns = _card_split_patterns(readme)
+        if patterns is not None:
+            if set(patterns) != set(splits):
+                raise PublishError(
+                    f"README.md configs name splits {sorted(patterns)}, {DATASET_MARKER} has {sorted(splits)}"
+                )
+            for split, entry in splits.items():
+                selected = sorted(f for f in on_disk if any(fnmatch.fnmatch(f, p) for p in patterns[split]))
+                if selected != sorted(entry["files"]):
+                    raise PublishError(
+                        f"README.md configs select {selected} for split {split!r}, {DATASET_MARKER} lists "
+                        f"{sorted(entry['files'])}; pass --overwrite-card or fix the card's data_files"
+                    )
+    k = info.get("num_clusters")
+    id2label = read_json(folder / "id2label.json") if (folder / "id2label.json").is_file() else None
+    if id2label is None:
+        raise PublishError("id2label.json is missing from the dataset folder; re-run `alps-hf label`")
+    if k is not None and len(id2label) != int(k):
+        raise PublishError(
+            f"id2label.json has {len(id2label)} classes, {DATASET_MARKER} says num_clusters={k}"
+        )
+    return info
+
+
+def validate_model(folder: str | Path) -> dict[str, Any]:
+    """Check a (staged) model folder loads with `from_pretrained`; return its config.json dict.
+
+    Raises:
+        PublishError: config.json unusable, preprocessor_config.json missing, weights that do not
+            load or leave parameters missing / of the wrong shape, or id2label.json disagreeing.
+    """
+    import transformers
+
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    if not (folder / "preprocessor_config.json").is_file():
+        raise PublishError(
+            f"{folder.name} has no preprocessor_config.json, so `AutoImageProcessor.from_pretrained` would fail "
+            "on the Hub; save the image processor with `processor.save_pretrained(folder)`"
+        )
+    read_json(folder / "preprocessor_config.json")
+    architecture = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, architecture, None) if architecture else None
+    if cls is None:
+        raise PublishError(
+            f"config.json names architecture {architecture!r}, which transformers {transformers.__version__} does not have"
+        )
+    try:
+        _, loading = cls.from_pretrained(folder, output_loading_info=True)
+    except Exception as err:
+        raise PublishError(
+            f"the weights in {folder.name} do not load with {architecture}.from_pretrained: {err}"
+        ) from err
+    problems = {k: loading.get(k) for k in ("missing_keys", "mismatched_keys") if loading.get(k)}
+    if problems:
+        raise PublishError(
+            f"{architecture}.from_pretrained({folder.name}) left parameters uninitialised or mismatched "
+            f"({ {k: sorted(map(str, v))[:5] for k, v in problems.items()} }); re-save with `model.save_pretrained`"
+        )
+    if (folder / "id2label.json").is_file():
+        id2label = read_json(folder / "id2label.json")
+        if len(id2label) != int(config.get("num_labels", len(config.get("id2label") or {}))):
+            raise PublishError(
+                f"id2label.json has {len(id2label)} classes, config.json has {len(config.get('id2label') or {})}"
+            )
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# upload
+
+
+def _default_message(kind: Kind, folder: Path, info: dict[str, Any]) -> str:
+    if kind == "dataset":
+        rows = sum(int(s.get("num_rows", 0)) for s in info["splits"].values())
+        return (
+            f"Upload ALPS pseudo-labeled dataset: {rows} images, K={info.get('num_clusters')} pseudo-classes, "
+            f"SAM {info.get('sam_model')} (alps_hf {info.get('alps_hf_version') or __version__})"
+        )
+    training = (
+        read_json(folder / "training_config.json") if (folder / "training_config.json").is_file() else {}
+    )
+    metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+    arch = (info.get("architectures") or ["model"])[0]
+    parts = [
+        f"Upload {arch}",
+        f"{training.get('task') or 'trained'} on {training.get('dataset') or 'unrecorded data'}",
+    ]
+    if metrics.get("step") is not None:
+        parts.append(f"step {metrics['step']}")
+    miou = (metrics.get("eval") or {}).get("mean_iou")
+    if isinstance(miou, (int, float)):
+        parts.append(f"mean IoU {miou:.4f}")
+    return ", ".join(parts) + f" (alps_hf {training.get('alps_hf_version') or __version__})"
+
+
+def repo_url(repo_id: str, kind: Kind, revision: str | None = None) -> str:
+    """The web address of the repo (and of the branch when `revision` is set)."""
+    from huggingface_hub import constants
+
+    base = f"{constants.ENDPOINT}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+    return f"{base}/tree/{revision}" if revision and revision != "main" else base
+
+
+def _token(api) -> str | None:
+    from huggingface_hub import get_token
+
+    return getattr(api, "token", None) or get_token()
+
+
+def _scrub(message: str, token: str | None) -> str:
+    return message.replace(token, "***") if token else message
+
+
+def _is_auth_error(err: Exception) -> bool:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return status in (401, 403) or type(err).__name__ in ("LocalTokenNotFoundError",)
+
+
+def _hub_readme(api, repo_id: str, repo_type: str, revision: str | None, tmp: Path) -> str | None:
+    """The README.md currently on the Hub at `revision`, or None when there is none."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        path = api.hf_hub_download(
+            repo_id=repo_id, filename="README.md", repo_type=repo_type, revision=revision, local_dir=tmp
+        )
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, FileNotFoundError):
+        return None
+    return Path(path).read_text(encoding="utf-8")
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    overwrite_card: bool = False,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    api=None,
+) -> PushResult:
+    """Publish an alps_hf dataset or model folder to the Hub in one commit.
+
+    Args:
+        folder: output folder of `alps-hf label` (dataset) or `alps-hf pretrain`/`finetune` (model).
+        repo_id: 'namespace/name'.
+        private: create the repo as private.
+        revision: branch to commit to (created from main when missing); None = main.
+        overwrite_card: replace a README.md edited by hand on the Hub.
+        commit_message: default summarises the dataset / model.
+        dry_run: stage and validate only; nothing is sent and no token is needed.
+        api: an `HfApi` (or a stand-in with the same methods); default `HfApi()`.
+
+    Returns:
+        PushResult with the repo URL and the exact list of uploaded files.
+
+    Raises:
+        PublishError: invalid repo id, unrecognised folder, inconsistent shards, weights that do
+            not load (all before anything is sent); missing token or refused write (with how to
+            log in); a failed upload (the local folder is unchanged; run again to retry).
+    """
+    check_repo_id(repo_id)
+    folder = Path(folder)
+    kind = detect_kind(folder)
+    repo_type = "dataset" if kind == "dataset" else "model"
+    top_level = sorted(p.name for p in folder.iterdir())
+    with tempfile.TemporaryDirectory(prefix="alps-hf-push-") as tmp:
+        staged = Path(tmp) / "repo"
+        staged.mkdir()
+        _, card = stage(folder, staged, repo_id=repo_id, kind=kind)
+        info = validate_dataset(staged) if kind == "dataset" else validate_model(staged)
+        message = commit_message or _default_message(kind, folder, info)
+        files = [p.as_posix() for p in iter_upload_files(staged)]
+        url = repo_url(repo_id, kind, revision)
+        excluded = [n for n in top_level if _excluded(Path(n))]
+        result = PushResult(kind, repo_id, url, files, message, card, excluded=excluded)
+        if dry_run:
+            return result
+
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+        token = _token(api)
+        if not token:
+            raise PublishError(f"no Hugging Face token found to push {repo_id}: {LOGIN_HELP}")
+        sent_anything = False
+        try:
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+            hub_card = _hub_readme(api, repo_id, repo_type, revision, Path(tmp) / "hub")
+            if hub_card is not None and not overwrite_card and not card_is_generated(hub_card):
+                # Edited on the Hub: keep it. Leaving README.md out of the staged folder means
+                # upload_folder does not touch the Hub's copy.
+                if hub_card != (staged / "README.md").read_text(encoding="utf-8"):
+                    (staged / "README.md").unlink()
+                    result.card = "kept-hub-card"
+                    result.files = [f for f in files if f != "README.md"]
+            sent_anything = True
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(staged),
+                repo_type=repo_type,
+                revision=revision,
+                commit_message=message,
+            )
+        except PublishError:
+            raise
+        except Exception as err:
+            detail = _scrub(f"{type(err).__name__}: {err}", token)
+            if _is_auth_error(err):
+                raise PublishError(
+                    f"the Hub refused to write to {repo_id} ({detail}); {LOGIN_HELP}"
+                ) from None
+            stage_text = "upload" if sent_anything else "repo creation"
+            raise PublishError(
+                f"{stage_text} to {repo_id} failed ({detail}); the local folder {folder} is unchanged, "
+                "run the same command again to retry"
+            ) from None
+        result.commit_url = getattr(commit, "commit_url", None)
+    return result
+
+
+def run_push(config: PushConfig, api=None) -> int:
+    """CLI target of `alps-hf push`: publish, then print what was sent and the repo URL."""
+    result = push_to_hub(
+        config.folder,
+        config.repo_id,
+        private=config.private,
+        revision=config.revision,
+        overwrite_card=config.overwrite_card,
+        commit_message=config.commit_message,
+        dry_run=config.dry_run,
+        api=api,
+    )
+    verb = "would upload" if config.dry_run else "uploaded"
+    print(
+        f"{result.kind} folder {config.folder}: {verb} {len(result.files)} files in one commit: {result.commit_message!r}"
+    )
+    if result.excluded:
+        print(f"left out: {', '.join(result.excluded)}")
+    if result.card == "kept-hub-card":
+        print("README.md on the Hub was edited by hand and was kept; pass --overwrite-card to replace it")
+    elif result.card == "kept-local-card":
+        print("README.md was edited locally and was uploaded as it is (delete it to regenerate the card)")
+    print(result.url if not config.dry_run else f"dry run, nothing sent; target: {result.url}")
+    return 0
