@@ -1,0 +1,211 @@
+"""`Stitcher`: per-window label maps of one scene -> one full-size label raster on disk (`--stitch`).
+
+Windows are written into the output file one at a time (read-modify-write of the window's
+region), so memory is bounded by the window for GeoTIFF output. Ownership follows the seam rule
+of `alps_hf.rasters`: the label maps given to `add` are painted from the masks `resolve_seams`
+kept, and each output pixel takes
+  1. the label of the window whose core contains it, when that window has a mask there;
+  2. otherwise the label of a neighbouring window whose kept mask reaches over the core border
+     (a kept object is whole in its window and may extend up to overlap/2 past the core);
+     the first such window in row-major order wins;
+  3. otherwise 255 (no mask, no data, or a window that was never added).
+So an object kept by one window appears whole in the stitched raster, once.
+
+Output format by suffix: `.tif` / `.tiff` -> tiled, deflate-compressed GeoTIFF with the scene's
+CRS and transform when it has them (needs the geo extra); `.png` -> 8-bit PNG, assembled in a
+temporary W*H-byte memory-mapped file and encoded at `close` (PNG cannot be written by window).
+The file appears under its final name only at `close` (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .rasters import Window, plan_windows, uses_rasterio
+
+NO_LABEL = 255
+
+
+def label_raster_suffix(scene_path: str | os.PathLike) -> str:
+    """".tif" for scenes read through rasterio (keeps CRS / transform, written by window), else ".png"."""
+    return ".tif" if uses_rasterio(scene_path) else ".png"
+
+
+def scene_transform_from_window(window_transform: list[float] | None, x0: int, y0: int) -> tuple | None:
+    """The scene's affine transform from a window's transform and the window's origin."""
+    if window_transform is None:
+        return None
+    a, b, c, d, e, f = window_transform
+    return (a, b, c - a * x0 - b * y0, d, e, f - d * x0 - e * y0)
+
+
+class Stitcher:
+    """Assemble the label maps of one scene's windows into one raster at `path`.
+
+    Args:
+        path: output file; its suffix picks the format (.tif / .tiff GeoTIFF, .png PNG).
+        scene_size: (width, height) of the scene.
+        tile_size, overlap: the tiling the windows came from (`plan_windows` is re-run to know
+            each window's core).
+        crs: WKT of the scene's CRS, or None (GeoTIFF output only).
+        transform: the scene's affine (a, b, c, d, e, f), or None (GeoTIFF output only).
+
+    Use as a context manager, or call `close()` (writes the file) / `abort()` (removes it).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        scene_size: tuple[int, int] | list[int],
+        tile_size: int,
+        overlap: int,
+        crs: str | None = None,
+        transform: tuple | list | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.width, self.height = (int(v) for v in scene_size)
+        self.windows = {tuple(w.bounds): w for w in plan_windows(self.width, self.height, tile_size, overlap)}
+        self.added: set[tuple[int, ...]] = set()
+        self.format = self.path.suffix.lower()
+        if self.format not in (".tif", ".tiff", ".png"):
+            raise ConfigError(f"stitched label raster {self.path}: suffix must be .tif, .tiff or .png")
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._raw = None
+        self._dst = None
+        if self.format == ".png":
+            self._raw = self._tmp.with_suffix(".raw")
+            self._array = np.memmap(self._raw, dtype=np.uint8, mode="w+", shape=(self.height, self.width))
+            self._array[:] = NO_LABEL
+        else:
+            from .geo import rasterio_module
+
+            rasterio = rasterio_module()
+            from affine import Affine
+
+            profile = {
+                "driver": "GTiff",
+                "width": self.width,
+                "height": self.height,
+                "count": 1,
+                "dtype": "uint8",
+                "nodata": NO_LABEL,
+                "tiled": True,
+                "blockxsize": 256,
+                "blockysize": 256,
+                "compress": "deflate",
+                "BIGTIFF": "IF_SAFER",
+            }
+            if crs is not None:
+                profile["crs"] = crs
+            if transform is not None:
+                profile["transform"] = Affine(*transform)
+            from rasterio.errors import NotGeoreferencedWarning
+
+            self._env = rasterio.Env(GDAL_CACHEMAX=64 * 2**20)
+            self._env.__enter__()
+            with warnings.catch_warnings():
+                # A scene without CRS was already warned about when it was opened.
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._dst = rasterio.open(self._tmp, "w+", **profile)
+
+    @classmethod
+    def from_meta(cls, path: str | os.PathLike, meta: dict, tile_size: int, overlap: int) -> Stitcher:
+        """A Stitcher for the scene of a window row's meta (`scene_size`, `window`, `crs`, `transform`)."""
+        x0, y0 = meta["window"][:2]
+        return cls(
+            path,
+            meta["scene_size"],
+            tile_size,
+            overlap,
+            crs=meta.get("crs"),
+            transform=scene_transform_from_window(meta.get("transform"), x0, y0),
+        )
+
+    # -- region I/O, the only format-specific part
+    def _read(self, w: Window) -> np.ndarray:
+        if self._dst is None:
+            return np.array(self._array[w.y0 : w.y1, w.x0 : w.x1])
+        from rasterio.windows import Window as RioWindow
+
+        return self._dst.read(1, window=RioWindow(w.x0, w.y0, w.width, w.height))
+
+    def _write(self, w: Window, region: np.ndarray) -> None:
+        if self._dst is None:
+            self._array[w.y0 : w.y1, w.x0 : w.x1] = region
+            return
+        from rasterio.windows import Window as RioWindow
+
+        self._dst.write(region, 1, window=RioWindow(w.x0, w.y0, w.width, w.height))
+
+    def add(self, window: Window | list[int] | tuple[int, ...], label: np.ndarray) -> None:
+        """Merge one window's (h, w) uint8 label map (255 = no label) into the output.
+
+        Raises:
+            ValueError: a window that is not one of this scene's tiling, or a label of another size.
+        """
+        bounds = tuple(window.bounds if isinstance(window, Window) else (int(v) for v in window))
+        if bounds not in self.windows:
+            raise ValueError(f"window {list(bounds)} is not a window of this {self.width}x{self.height} tiling")
+        w = self.windows[bounds]
+        label = np.asarray(label)
+        if label.shape != (w.height, w.width):
+            raise ValueError(f"label of shape {label.shape} for window {list(bounds)} of {w.width}x{w.height}")
+        current = self._read(w)
+        in_core = np.zeros(label.shape, dtype=bool)
+        cx0, cy0, cx1, cy1 = w.core_local()
+        in_core[cy0:cy1, cx0:cx1] = True
+        has = label != NO_LABEL
+        # Core: this window's masks win, and core pixels without a mask here keep a neighbour's
+        # spill (rule 2) or stay 255. Outside the core: only fill what nobody labeled yet.
+        take = np.where(in_core, has, has & (current == NO_LABEL))
+        self.added.add(bounds)
+        self._write(w, np.where(take, label, current).astype(np.uint8))
+
+    @property
+    def missing(self) -> list[list[int]]:
+        """Bounds of the windows not added yet (their core pixels stay 255)."""
+        return [list(b) for b in self.windows if b not in self.added]
+
+    def close(self) -> Path:
+        """Finish the file and move it to `path`; returns `path`."""
+        if self._dst is not None:
+            self._dst.close()
+            self._env.__exit__(None, None, None)
+            self._dst = None
+            os.replace(self._tmp, self.path)
+        elif self._raw is not None:
+            from PIL import Image
+
+            self._array.flush()
+            Image.fromarray(np.asarray(self._array)).save(self._tmp, format="PNG")
+            del self._array
+            self._raw.unlink()
+            self._raw = None
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial output (nothing is left under `path` or the temporary names)."""
+        if self._dst is not None:
+            self._dst.close()
+            self._env.__exit__(None, None, None)
+            self._dst = None
+        if self._raw is not None:
+            del self._array
+            self._raw.unlink(missing_ok=True)
+            self._raw = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Stitcher:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
