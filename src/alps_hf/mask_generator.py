@@ -29,8 +29,10 @@ from .masks import MaskSet
 
 # Low-resolution pre-filter slack: a mask is upsampled when its low-res stability / area is within
 # this margin of the threshold; the exact full-resolution check decides. Keeps the fast path equal
-# to the reference while still discarding the bulk of the prompts before upsampling.
-_STABILITY_SLACK = 0.05
+# to the reference while still discarding the bulk of the prompts before upsampling. Measured on the
+# toy SAM (4 scenes, 787 masks passing at full resolution): full-res minus low-res stability has
+# median -0.003, 99th percentile 0.054, max 0.104 (small masks, ~400 px); 0.15 covers that.
+_STABILITY_SLACK = 0.15
 _AREA_SLACK = 0.02
 
 
