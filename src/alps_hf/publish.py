@@ -330,7 +330,7 @@ def validate_dataset(folder: str | Path) -> dict[str, Any]:
     return info
 
 
-def validate_model(folder: str | Path) -> dict[str, Any]:
+def validate_model(folder: str | Path, name: str | None = None) -> dict[str, Any]:
     """Check a (staged) model folder loads with `from_pretrained`; return its config.json dict.
 
     Raises:
@@ -340,10 +340,11 @@ def validate_model(folder: str | Path) -> dict[str, Any]:
     import transformers
 
     folder = Path(folder)
+    name = name or folder.name  # the user's folder name, not the staging folder's
     config = read_json(folder / "config.json")
     if not (folder / "preprocessor_config.json").is_file():
         raise PublishError(
-            f"{folder.name} has no preprocessor_config.json, so `AutoImageProcessor.from_pretrained` would fail "
+            f"{name} has no preprocessor_config.json, so `AutoImageProcessor.from_pretrained` would fail "
             "on the Hub; save the image processor with `processor.save_pretrained(folder)`"
         )
     read_json(folder / "preprocessor_config.json")
@@ -357,12 +358,12 @@ def validate_model(folder: str | Path) -> dict[str, Any]:
         _, loading = cls.from_pretrained(folder, output_loading_info=True)
     except Exception as err:
         raise PublishError(
-            f"the weights in {folder.name} do not load with {architecture}.from_pretrained: {err}"
+            f"the weights in {name} do not load with {architecture}.from_pretrained: {err}"
         ) from err
     problems = {k: loading.get(k) for k in ("missing_keys", "mismatched_keys") if loading.get(k)}
     if problems:
         raise PublishError(
-            f"{architecture}.from_pretrained({folder.name}) left parameters uninitialised or mismatched "
+            f"{architecture}.from_pretrained({name}) left parameters uninitialised or mismatched "
             f"({ {k: sorted(map(str, v))[:5] for k, v in problems.items()} }); re-save with `model.save_pretrained`"
         )
     if (folder / "id2label.json").is_file():
@@ -438,6 +439,13 @@ def _hub_readme(api, repo_id: str, repo_type: str, revision: str | None, tmp: Pa
     return Path(path).read_text(encoding="utf-8")
 
 
+def default_api():
+    """The `HfApi` used when none is passed (a seam for tests and for custom endpoints)."""
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
 def push_to_hub(
     folder: str | Path,
     repo_id: str,
@@ -478,7 +486,7 @@ def push_to_hub(
         staged = Path(tmp) / "repo"
         staged.mkdir()
         _, card = stage(folder, staged, repo_id=repo_id, kind=kind)
-        info = validate_dataset(staged) if kind == "dataset" else validate_model(staged)
+        info = validate_dataset(staged) if kind == "dataset" else validate_model(staged, name=folder.name)
         message = commit_message or _default_message(kind, folder, info)
         files = [p.as_posix() for p in iter_upload_files(staged)]
         url = repo_url(repo_id, kind, revision)
@@ -488,9 +496,7 @@ def push_to_hub(
             return result
 
         if api is None:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
+            api = default_api()
         token = _token(api)
         if not token:
             raise PublishError(f"no Hugging Face token found to push {repo_id}: {LOGIN_HELP}")

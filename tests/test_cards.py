@@ -1,0 +1,152 @@
+"""Dataset and model cards: YAML parsed by huggingface_hub, bodies carrying every recorded value."""
+
+import json
+
+import pytest
+from huggingface_hub import metadata_load
+
+from alps_hf.cards import (
+    card_is_generated,
+    is_repo_id,
+    render_dataset_card,
+    render_model_card,
+    write_model_card,
+)
+from alps_hf.errors import DatasetFormatError
+from hub_fixtures import GENERATOR, K, make_dataset_folder, make_model_folder
+
+
+@pytest.fixture(scope="module")
+def dataset_folder(tmp_path_factory):
+    return make_dataset_folder(tmp_path_factory.mktemp("cards") / "pseudo")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    root, _ = make_model_folder(tmp_path_factory.mktemp("cards") / "ckpt")
+    return root
+
+
+def test_dataset_card_yaml(dataset_folder, tmp_path):
+    info = json.loads((dataset_folder / "alps_dataset.json").read_text())
+    card = render_dataset_card(info, repo_id="alps/isaid-pseudo")
+    card.save(tmp_path / "README.md")
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["license"] == "cc-by-4.0"
+    assert meta["task_categories"] == ["image-segmentation"]
+    assert set(meta["tags"]) >= {"remote-sensing", "pseudo-labels", "segment-anything", "alps"}
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+    ]
+    names = [f["name"] for f in meta["dataset_info"]["features"]]
+    assert names == [
+        "image",
+        "label",
+        "segments",
+        "segment_class",
+        "segment_area",
+        "segment_iou",
+        "segment_stability",
+        "source",
+    ]
+    assert {"name": "segment_class", "list": "int64"} in meta["dataset_info"]["features"]
+    assert meta["dataset_info"]["splits"] == [
+        {"name": "train", "num_bytes": info["splits"]["train"]["num_bytes"], "num_examples": 5}
+    ]
+
+
+def test_dataset_card_body_records_how_it_was_made(dataset_folder):
+    info = json.loads((dataset_folder / "alps_dataset.json").read_text())
+    info["sam_revision"] = "abc123"
+    text = str(render_dataset_card(info, repo_id="alps/isaid-pseudo"))
+    for key in GENERATOR:
+        assert f"| `{key}` |" in text, key
+    assert "| `pred_iou_thresh` | 0.88 |" in text and "| `max_area_fraction` | 0.3 |" in text
+    assert "`facebook/sam-vit-base`" in text and "`abc123`" in text
+    assert f"**{K} pseudo-classes**" in text
+    assert "| feature normalisation | l2 |" in text and "| seed | 0 |" in text
+    assert "| pixels covered by a mask | 50.0 % |" in text
+    assert "| images that failed to decode (skipped, see failures.jsonl) | 1 |" in text
+    # the largest class first, with its pixel share (640 of 1200)
+    assert "| 0 | cluster_00 | 53.3 % | 5 |" in text
+    assert 'load_dataset("alps/isaid-pseudo", split="train")' in text
+    assert "ignore_mismatched_sizes=True" in text
+    assert "Pseudo-classes are not semantic classes" in text
+    assert "arXiv:2406.10855" in text and "Segment Anything" in text
+    assert "class_histogram.png" in text and (dataset_folder / "class_histogram.png").is_file()
+
+
+def test_written_dataset_card_parses_and_is_marked(dataset_folder):
+    text = (dataset_folder / "README.md").read_text()
+    assert metadata_load(dataset_folder / "README.md")["task_categories"] == ["image-segmentation"]
+    assert card_is_generated(text)
+    assert not card_is_generated(text.replace("Limitations", "Known limitations"))
+    assert not card_is_generated("---\nlicense: mit\n---\n# hand written\n")
+
+
+def test_dataset_card_refuses_info_without_features():
+    with pytest.raises(DatasetFormatError, match="'splits' and 'features'"):
+        render_dataset_card({"num_clusters": 4, "splits": {"train": {"num_rows": 1, "files": []}}})
+
+
+def test_model_card_yaml_and_model_index(model_folder):
+    meta = metadata_load(model_folder / "README.md")
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-segmentation"
+    assert meta["datasets"] == ["alps/isaid-pseudo"]
+    assert meta["base_model"] == "nvidia/mit-b0"
+    assert meta["license"] == "unknown"
+    assert {"remote-sensing", "alps", "pseudo-labels", "segformer"} <= set(meta["tags"])
+    (result,) = meta["model-index"][0]["results"]
+    assert result["task"]["type"] == "image-segmentation"
+    assert result["dataset"] == {
+        "name": "alps/isaid-pseudo",
+        "type": "alps/isaid-pseudo",
+        "split": "validation",
+    }
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values == {"mean_iou": 0.3125, "mean_accuracy": 0.5, "overall_accuracy": 0.75}
+
+
+def test_model_card_body(model_folder):
+    text = str(render_model_card(model_folder, repo_id="alps/segformer-b2-isaid-pseudo"))
+    assert 'SegformerForSemanticSegmentation.from_pretrained(\n    "alps/segformer-b2-isaid-pseudo",' in text
+    assert "id2label=id2label" in text and "ignore_mismatched_sizes=True" in text
+    assert "| mean IoU | 0.3125 |" in text and "| class_2 | n/a (class absent) |" in text
+    assert "| `learning_rate` | 6e-05 |" in text and "| `max_steps` | 4 |" in text
+    assert "![training curve](training_curve.png)" in text
+    assert "not semantic" in text and "arXiv:2406.10855" in text and "SegFormer" in text
+    assert card_is_generated(text)
+
+
+def test_model_card_without_metrics_says_not_measured(tmp_path):
+    root, _ = make_model_folder(tmp_path / "ckpt", metrics=False, task="finetune", dataset="./local/potsdam")
+    write_model_card(root)
+    meta = metadata_load(root / "README.md")
+    assert "model-index" not in meta
+    # a local path is no Hub dataset id: it stays out of the metadata, but the body names it
+    assert "datasets" not in meta and "base_model" not in meta
+    text = (root / "README.md").read_text()
+    assert "Not yet measured" in text and "`./local/potsdam`" in text
+    assert "pseudo-labels" not in meta["tags"]
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "ok"),
+    [
+        ("alps/isaid-pseudo", True),
+        ("user_1/segformer-b2.v1", True),
+        ("name-only", True),
+        ("", False),
+        ("a/b/c", False),
+        ("-abc/x", False),
+        ("abc/x-", False),
+        ("a--b/x", False),
+        ("a/b..c", False),
+        ("user/na me", False),
+        ("user/" + "x" * 97, False),
+    ],
+)
+def test_repo_id_rule(repo_id, ok):
+    assert is_repo_id(repo_id) is ok
