@@ -1,0 +1,74 @@
+"""A tiny random SAM saved with save_pretrained, and small generated images, for the labeling tests.
+
+Nothing is downloaded: the model is built from a `SamConfig` (input size 128, so the embedding is
+8 x 8 and the low-resolution masks 32 x 32: nothing may assume 1024 / 64 x 64).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_INPUT = 128
+TINY_CHANNELS = 32
+
+
+def tiny_sam_config():
+    from transformers import SamConfig
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=TINY_INPUT,
+                             patch_size=16, output_channels=TINY_CHANNELS, mlp_dim=64, window_size=4,
+                             global_attn_indexes=[1], num_pos_feats=16)
+    prompt = SamPromptEncoderConfig(hidden_size=TINY_CHANNELS, image_size=TINY_INPUT, patch_size=16,
+                                    mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=TINY_CHANNELS, mlp_dim=64, num_hidden_layers=2,
+                                   num_attention_heads=2, iou_head_hidden_dim=32)
+    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                     mask_decoder_config=decoder.to_dict())
+
+
+def tiny_sam_processor():
+    from transformers import SamImageProcessorPil
+
+    low = TINY_INPUT // 4
+    return SamImageProcessorPil(size={"longest_edge": TINY_INPUT}, pad_size={"height": TINY_INPUT, "width": TINY_INPUT},
+                                mask_size={"longest_edge": low}, mask_pad_size={"height": low, "width": low})
+
+
+def tiny_sam_model(seed: int = 0):
+    import torch
+    from transformers import SamModel
+
+    torch.manual_seed(seed)
+    return SamModel(tiny_sam_config()).eval()
+
+
+def save_tiny_sam(folder: Path) -> Path:
+    """Save a tiny random SamModel and its PIL image processor into folder (save_pretrained layout)."""
+    tiny_sam_model().save_pretrained(folder)
+    tiny_sam_processor().save_pretrained(folder)
+    return folder
+
+
+def blocks_image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """An RGB uint8 image of a few flat-coloured rectangles on a noisy background."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(90, 140, (height, width, 3), dtype=np.uint8)
+    for _ in range(4):
+        y0, x0 = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        h, w = rng.integers(6, max(7, height // 2)), rng.integers(6, max(7, width // 2))
+        img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 255, 3, dtype=np.uint8)
+    return img
+
+
+def write_png(path: Path, array: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
