@@ -42,6 +42,21 @@ COMMANDS: dict[str, Command] = {
         "Publish a labeled dataset folder or a trained model folder to the Hugging Face Hub.",
         positional="folder",
     ),
+    "pretrain": Command(
+        "alps_hf.train:run_pretrain",
+        ("alps_hf.training_config:TrainConfig",),
+        "Pre-train SegFormer / Mask2Former on pseudo-labels with Accelerate (works under accelerate launch).",
+    ),
+    "finetune": Command(
+        "alps_hf.train:run_finetune",
+        ("alps_hf.training_config:TrainConfig",),
+        "Fine-tune a (pre-trained) model on labeled data; --train-fraction for label-scarce runs.",
+    ),
+    "evaluate": Command(
+        "alps_hf.train:run_evaluate",
+        ("alps_hf.training_config:EvaluateConfig",),
+        "Score a trained model on a labeled split (mIoU, accuracies, per-class IoU); prints and writes JSON.",
+    ),
 }
 
 
