@@ -150,3 +150,19 @@ def test_model_card_without_metrics_says_not_measured(tmp_path):
 )
 def test_repo_id_rule(repo_id, ok):
     assert is_repo_id(repo_id) is ok
+
+
+def test_dataset_card_keeps_contract_column_order_and_describes_extra_columns(dataset_folder):
+    info = json.loads((dataset_folder / "alps_dataset.json").read_text())
+    feats = dict(
+        info["features"],
+        meta={"dtype": "string", "_type": "Value"},
+        tile_crs={"dtype": "string", "_type": "Value"},
+    )
+    info["features"] = dict(sorted(feats.items()))  # as json.dumps(sort_keys=True) leaves it
+    card = render_dataset_card(info)
+    names = [f["name"] for f in card.data.to_dict()["dataset_info"]["features"]]
+    assert names[:3] == ["image", "label", "segments"] and names[-2:] == ["meta", "tile_crs"]
+    text = str(card)
+    assert "| `meta` | string (JSON) |" in text and "| `tile_crs` | Value | additional column |" in text
+    assert "| `label` | 8-bit PNG | pseudo-class `0..3` of each pixel; `255` = no mask |" in text

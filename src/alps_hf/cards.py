@@ -171,6 +171,8 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
         )
     try:
         features = Features.from_dict(info["features"])
+        # Columns in the contract's order (image, label first) whatever the key order of the JSON.
+        features = Features({name: features[name] for name in _column_order(features)})
     except Exception as err:  # datasets raises several types for a malformed dict
         raise DatasetFormatError(
             f"alps_dataset.json 'features' do not parse as datasets.Features: {err}"
@@ -204,6 +206,39 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
             "dataset_size": sum(int(s.get("num_bytes", 0)) for s in splits.values()),
         },
     )
+
+
+_COLUMNS = {
+    "image": ("image", "the input image (original bytes kept where possible)"),
+    "label": ("8-bit PNG", "pseudo-class `0..K-1` of each pixel; `255` = no mask"),
+    "segments": ("16-bit PNG", "index `1..N` of the SAM mask visible at each pixel; `0` = none"),
+    "segment_class": ("list of int", "pseudo-class of each segment (entry `i` is segment `i + 1`)"),
+    "segment_area": ("list of int", "pixel count of each segment"),
+    "segment_iou": ("list of float", "SAM's predicted IoU of each segment"),
+    "segment_stability": ("list of float", "stability score of each segment"),
+    "source": ("string", "where the image came from (path, dataset id and index, tile window)"),
+    "meta": (
+        "string (JSON)",
+        "per-image metadata recorded at decoding (e.g. size, georeferencing of a window)",
+    ),
+}
+
+
+def _column_order(names) -> list[str]:
+    """The contract's column order first (alps_dataset.json may be written with sorted keys)."""
+    names = list(names)
+    return [n for n in _COLUMNS if n in names] + [n for n in names if n not in _COLUMNS]
+
+
+def _column_rows(info: Mapping[str, Any], k: int) -> list[tuple[str, str, str]]:
+    """(name, type, meaning) of every column, in the order of the parquet schema where known."""
+    rows = []
+    for name in _column_order(info.get("features") or {}):
+        kind, meaning = _COLUMNS.get(
+            name, (info["features"][name].get("_type", "value"), "additional column")
+        )
+        rows.append((name, kind, meaning.replace("K-1", str(k - 1))))
+    return rows
 
 
 def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
@@ -251,6 +286,7 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     )
     return {
         "title": title,
+        "column_rows": _column_rows(info, k),
         "repo_ref": repo_id or "path/to/this/folder",
         "source": info.get("source") or "not recorded",
         "source_citation": info.get("source_citation"),

@@ -284,7 +284,8 @@ def validate_dataset(folder: str | Path) -> dict[str, Any]:
                 raise PublishError(f"shard {path} is not a readable parquet file: {err}") from err
             rows += meta.num_rows
             columns = list(meta.schema.to_arrow_schema().names)
-            if features and columns != features:
+            # Order is not compared: alps_dataset.json may be written with sorted keys.
+            if features and sorted(columns) != sorted(features):
                 raise PublishError(
                     f"shard {path} has columns {columns}, {DATASET_MARKER} features say {features}"
                 )
