@@ -1,0 +1,124 @@
+"""Config dataclasses of `alps-hf pretrain`, `alps-hf finetune` and `alps-hf evaluate`.
+
+Every field is a flag (`--crop-size` and `--crop_size` both work); values are checked in
+`__post_init__`, before any model or dataset loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config_utils import arg, dashed
+from .errors import ConfigError
+
+SCHEDULES = ("poly", "cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
+
+
+@dashed
+@dataclass
+class TrainConfig:
+    """Pre-training on pseudo-labels (`pretrain`) or fine-tuning on labeled data (`finetune`)."""
+
+    dataset: str = arg(help="Dataset: a folder written by `alps-hf label` (Hub layout), a save_to_disk folder, or a Hub id.")
+    output: str = arg(help="Output folder: the final model, metrics, curve and card; checkpoints under <output>/checkpoints/.")
+    model: str | None = arg(None, help="Named variant (segformer-b0..b5, mask2former-swin-tiny/small/base) or a checkpoint id/folder.")
+    init: str | None = arg(None, help="Checkpoint to start from (an alps_hf output folder or any compatible checkpoint); the head is re-initialised for the dataset's classes.")
+    backbone: str | None = arg(None, help="Encoder weights for a named --model (ImageNet id or folder); default: the variant's ImageNet encoder.")
+    from_scratch: bool = arg(False, help="Random initialisation of a named --model (no --backbone weights).")
+    model_config_overrides: str | None = arg(None, help='JSON object of config fields to change for a named variant, e.g. \'{"drop_path_rate": 0.2}\'.')
+    id2label: str | None = arg(None, help="Class names: a JSON file or inline JSON object; default: id2label.json of the dataset.")
+    dataset_config: str | None = arg(None, help="Config name of a Hub dataset with several configs.")
+    train_split: str = arg("train", help="Split to train on.")
+    eval_split: str | None = arg(None, help="Split to evaluate on; default 'validation' if the dataset has one; 'none' disables evaluation.")
+    image_column: str = arg("image", help="Image column.")
+    label_column: str = arg("label", help="Label column (class indices 0..K-1, 255 = ignore).")
+    train_fraction: float | None = arg(None, help="Train on a seeded random fraction (0, 1] of the training split.")
+    train_samples: int | None = arg(None, help="Train on this many seeded random examples of the training split.")
+    crop_size: int = arg(512, help="Training crop size (square); also the size the saved image processor resizes to.")
+    scale_min: float = arg(0.5, help="Smallest random rescale factor before cropping.")
+    scale_max: float = arg(2.0, help="Largest random rescale factor before cropping.")
+    flips: bool = arg(True, help="Random horizontal and vertical flips.")
+    rotations: bool = arg(True, help="Random 90-degree rotations.")
+    color_jitter: float = arg(0.1, help="Brightness / contrast / saturation jitter amplitude (0 disables).")
+    batch_size: int = arg(8, help="Training batch size per device.")
+    eval_batch_size: int = arg(4, help="Evaluation batch size per device.")
+    learning_rate: float = arg(1e-4, help="Peak learning rate of the decode head / transformer decoder.")
+    backbone_learning_rate: float | None = arg(None, help="Peak learning rate of the encoder; default learning_rate / 10.")
+    weight_decay: float = arg(0.01, help="AdamW weight decay (not applied to norms and biases).")
+    lr_scheduler: str = arg("poly", help=f"Schedule after warmup: {', '.join(SCHEDULES)}.")
+    poly_power: float = arg(1.0, help="Power of the poly schedule.")
+    warmup_steps: int | None = arg(None, help="Linear warmup steps; default warmup_ratio x total steps.")
+    warmup_ratio: float = arg(0.05, help="Warmup as a fraction of the total steps (when --warmup-steps is not given).")
+    gradient_accumulation_steps: int = arg(1, help="Micro-batches per optimizer step.")
+    max_grad_norm: float = arg(1.0, help="Gradient clipping norm (0 disables).")
+    max_steps: int | None = arg(None, help="Optimizer steps to train (wins over --epochs).")
+    epochs: int = arg(10, help="Epochs to train when --max-steps is not given.")
+    seed: int = arg(42, help="Seed of initialisation, shuffling, augmentation and --train-fraction subsets.")
+    checkpointing_steps: int = arg(500, help="Save a resumable checkpoint every N optimizer steps (0: none).")
+    checkpoints_total_limit: int = arg(2, help="Keep the last M checkpoints.")
+    resume: str | None = arg(None, help="Resume from 'latest' (in <output>/checkpoints) or a checkpoint folder.")
+    overwrite: bool = arg(False, help="Allow writing into an existing --output folder.")
+    eval_steps: int = arg(500, help="Evaluate every N optimizer steps (0: only at the end).")
+    max_eval_samples: int | None = arg(None, help="Evaluate on at most this many examples.")
+    logging_steps: int = arg(10, help="Log loss / lr to the trackers every N optimizer steps.")
+    num_workers: int = arg(2, help="DataLoader workers (decoding and augmentation run there).")
+    mixed_precision: str | None = arg(None, help="no / fp16 / bf16 / fp8; default: what `accelerate config` chose.")
+    report_to: str = arg("none", help="Tracker: none or tensorboard (or any tracker name accelerate knows).")
+    validate_samples: int | None = arg(256, help="Check labels and sizes of this many examples per split before training (all are checked as they load).")
+
+    def __post_init__(self) -> None:
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"--train-fraction {self.train_fraction} must be in (0, 1] (e.g. 0.05 for 5 %)")
+        if self.train_samples is not None and self.train_samples < 1:
+            raise ConfigError(f"--train-samples {self.train_samples} must be >= 1")
+        if self.train_fraction is not None and self.train_samples is not None:
+            raise ConfigError("give --train-fraction or --train-samples, not both")
+        if self.lr_scheduler not in SCHEDULES:
+            raise ConfigError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"--mixed-precision {self.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)}")
+        for name in ("crop_size", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps {self.max_steps} must be >= 1")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"--scale-min {self.scale_min} / --scale-max {self.scale_max}: need 0 < min <= max")
+        if not 0 <= self.color_jitter < 1:
+            raise ConfigError(f"--color-jitter {self.color_jitter} must be in [0, 1)")
+        if self.checkpoints_total_limit < 1:
+            raise ConfigError(f"--checkpoints-total-limit {self.checkpoints_total_limit} must be >= 1")
+        for name in ("checkpointing_steps", "eval_steps", "logging_steps", "num_workers", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 0")
+        if self.learning_rate <= 0 or (self.backbone_learning_rate is not None and self.backbone_learning_rate < 0):
+            raise ConfigError("--learning-rate must be > 0 and --backbone-learning-rate >= 0")
+        if self.backbone_learning_rate is None:
+            self.backbone_learning_rate = self.learning_rate / 10
+
+
+@dashed
+@dataclass
+class EvaluateConfig:
+    """Score a trained model on a labeled split: mIoU, mean / overall accuracy, per-class IoU."""
+
+    model: str = arg(help="A model folder written by pretrain / finetune, or a checkpoint id.")
+    dataset: str = arg(help="Dataset (folder, save_to_disk folder or Hub id) with image and label columns.")
+    split: str = arg("validation", help="Split to score.")
+    dataset_config: str | None = arg(None, help="Config name of a Hub dataset with several configs.")
+    image_column: str = arg("image", help="Image column.")
+    label_column: str = arg("label", help="Label column.")
+    id2label: str | None = arg(None, help="Class names of the dataset (JSON file or inline); default: its id2label.json, else the model's.")
+    batch_size: int = arg(4, help="Batch size per device.")
+    num_workers: int = arg(2, help="DataLoader workers.")
+    max_samples: int | None = arg(None, help="Score at most this many examples.")
+    output_file: str | None = arg(None, help="Where to write the metrics JSON; default <model>/eval_<split>.json for a local model, else ./eval_<split>.json.")
+    mixed_precision: str | None = arg(None, help="no / fp16 / bf16; default: what `accelerate config` chose.")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size} must be >= 1")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"--mixed-precision {self.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)}")
