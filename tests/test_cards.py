@@ -164,5 +164,5 @@ def test_dataset_card_keeps_contract_column_order_and_describes_extra_columns(da
     names = [f["name"] for f in card.data.to_dict()["dataset_info"]["features"]]
     assert names[:3] == ["image", "label", "segments"] and names[-2:] == ["meta", "tile_crs"]
     text = str(card)
-    assert "| `meta` | string (JSON) |" in text and "| `tile_crs` | Value | additional column |" in text
+    assert "| `meta` | string (JSON) |" in text and "| `tile_crs` | string | additional column |" in text
     assert "| `label` | 8-bit PNG | pseudo-class `0..3` of each pixel; `255` = no mask |" in text

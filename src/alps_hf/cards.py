@@ -230,13 +230,15 @@ def _column_order(names) -> list[str]:
     return [n for n in _COLUMNS if n in names] + [n for n in names if n not in _COLUMNS]
 
 
+def _feature_type(feature: Mapping[str, Any]) -> str:
+    return str(feature.get("dtype") or feature.get("_type") or "value")
+
+
 def _column_rows(info: Mapping[str, Any], k: int) -> list[tuple[str, str, str]]:
     """(name, type, meaning) of every column, in the order of the parquet schema where known."""
     rows = []
     for name in _column_order(info.get("features") or {}):
-        kind, meaning = _COLUMNS.get(
-            name, (info["features"][name].get("_type", "value"), "additional column")
-        )
+        kind, meaning = _COLUMNS.get(name, (_feature_type(info["features"][name]), "additional column"))
         rows.append((name, kind, meaning.replace("K-1", str(k - 1))))
     return rows
 
