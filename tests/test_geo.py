@@ -4,6 +4,7 @@ bad inputs, and memory bounded by the window (synthetic rasters written by the t
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,8 @@ def test_crs_and_transform_round_trip(tmp_path):
             np.testing.assert_array_equal(loaded.rgb, data[:, y0:y1, x0:x1].transpose(1, 2, 0))
             assert loaded.valid is None
     json.dumps(loaded.meta)  # row meta must be plain JSON-able values
+    _, load = pickle.loads(pickle.dumps(items[4]))  # loaders cross to worker processes
+    np.testing.assert_array_equal(load().rgb, data[:, 224:480, 224:480].transpose(1, 2, 0))
 
     # Stitch a label that is a function of scene coordinates; the output must be that function
     # everywhere, with the source CRS and transform.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -260,6 +262,9 @@ def test_png_scene_windows(tmp_path):
         assert loaded.valid is None and loaded.image_bytes is None
         assert loaded.meta["scene_size"] == [500, 300] and loaded.meta["crs"] is None
     assert label_raster_suffix(path) == ".png" and label_raster_suffix("a/b.TIF") == ".tif"
+    # Loaders cross to DataLoader worker processes under any start method.
+    source, load = pickle.loads(pickle.dumps(items[-1]))
+    np.testing.assert_array_equal(load().rgb, scene[300 - 256 :, 500 - 256 :])
 
 
 def test_png_scene_bad_inputs(tmp_path):

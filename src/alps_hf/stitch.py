@@ -85,7 +85,6 @@ class Stitcher:
             from .geo import rasterio_module
 
             rasterio = rasterio_module()
-            from affine import Affine
 
             profile = {
                 "driver": "GTiff",
@@ -103,7 +102,7 @@ class Stitcher:
             if crs is not None:
                 profile["crs"] = crs
             if transform is not None:
-                profile["transform"] = Affine(*transform)
+                profile["transform"] = rasterio.Affine(*transform)
             from rasterio.errors import NotGeoreferencedWarning
 
             self._env = rasterio.Env(GDAL_CACHEMAX=64 * 2**20)
