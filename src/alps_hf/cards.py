@@ -177,13 +177,30 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
         raise DatasetFormatError(
             f"alps_dataset.json 'features' do not parse as datasets.Features: {err}"
         ) from err
-    num_rows = sum(int(s.get("num_rows", 0)) for s in splits.values())
+    measured = all(isinstance(s.get("num_rows"), int) for s in splits.values())
+    num_rows = sum(int(s.get("num_rows") or 0) for s in splits.values())
+    num_bytes = sum(int(s.get("num_bytes") or 0) for s in splits.values())
+    dataset_info: dict[str, Any] = {
+        # datasets' own YAML form of the features, so the Hub and load_dataset agree with the shards.
+        "features": features._to_yaml_list(),
+    }
+    if measured:  # a card rendered before labeling (a template) states no sizes rather than zeros
+        dataset_info["splits"] = [
+            {
+                "name": name,
+                "num_bytes": int(s.get("num_bytes") or 0),
+                "num_examples": int(s["num_rows"]),
+            }
+            for name, s in splits.items()
+        ]
+        dataset_info["download_size"] = num_bytes
+        dataset_info["dataset_size"] = num_bytes
     return DatasetCardData(
         license=info.get("license") or "unknown",
         pretty_name=info.get("pretty_name") or None,
         task_categories=["image-segmentation"],
         task_ids=["semantic-segmentation"],
-        size_categories=[_size_category(num_rows)],
+        size_categories=[_size_category(num_rows)] if measured else None,
         tags=list(DATASET_TAGS),
         configs=[
             {
@@ -191,20 +208,7 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
                 "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
             }
         ],
-        dataset_info={
-            # datasets' own YAML form of the features, so the Hub and load_dataset agree with the shards.
-            "features": features._to_yaml_list(),
-            "splits": [
-                {
-                    "name": name,
-                    "num_bytes": int(s.get("num_bytes", 0)),
-                    "num_examples": int(s.get("num_rows", 0)),
-                }
-                for name, s in splits.items()
-            ],
-            "download_size": sum(int(s.get("num_bytes", 0)) for s in splits.values()),
-            "dataset_size": sum(int(s.get("num_bytes", 0)) for s in splits.values()),
-        },
+        dataset_info=dataset_info,
     )
 
 
@@ -279,7 +283,11 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     ]
     splits = info.get("splits") or {}
     split_rows = [
-        {"name": name, "num_rows": s.get("num_rows", NOT_MEASURED), "num_files": len(s.get("files") or [])}
+        {
+            "name": name,
+            "num_rows": s.get("num_rows") if s.get("num_rows") is not None else NOT_MEASURED,
+            "num_files": len(s.get("files") or []),
+        }
         for name, s in splits.items()
     ]
     title = info.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else "ALPS pseudo-labeled dataset")
@@ -307,7 +315,10 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "stat_rows": stat_rows,
         "split_rows": split_rows,
         "top_classes": top_classes,
-        "uncovered": _pct(1 - coverage) if coverage is not None else NOT_MEASURED,
+        "has_histogram": bool(hist),
+        "uncovered": f"about {_pct(1 - coverage)} of all pixels here"
+        if coverage is not None
+        else "their share is not yet measured",
         "alps_bibtex": ALPS_BIBTEX,
         "sam_bibtex": SAM_BIBTEX,
     }
