@@ -72,3 +72,43 @@ def write_png(path: Path, array: np.ndarray, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, **kwargs)
     return path
+
+
+def write_odd_images(folder: Path) -> dict[str, str | None]:
+    """Odd but valid images and broken files; returns {relative name: None (valid) or a reason fragment}.
+
+    Valid: grayscale, RGBA, palette, palette with transparency, 16-bit grayscale PNG, EXIF-rotated JPEG
+    (stored 40 wide x 24 high, displayed upright as 24 x 40), an 8 x 8 image, CMYK JPEG.
+    Broken: a 0-byte file, a truncated JPEG, a text file.
+    """
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    write_png(folder / "gray.png", rng.integers(0, 255, (30, 41), dtype=np.uint8))
+    rgba = rng.integers(0, 255, (33, 29, 4), dtype=np.uint8)
+    write_png(folder / "rgba.png", rgba)
+    pal = Image.fromarray(blocks_image(1, 36, 44)).convert("P", palette=Image.ADAPTIVE, colors=8)
+    pal.save(folder / "palette.png")
+    pal.info["transparency"] = 0
+    pal.save(folder / "palette_transparent.png", transparency=0)
+    write_png(folder / "gray16.png", np.linspace(1000, 3000, 35 * 40).reshape(35, 40).astype(np.uint16))
+    upright = np.zeros((24, 40, 3), np.uint8)
+    upright[:, :20] = (255, 0, 0)  # left half red
+    upright[:, 20:] = (0, 0, 255)  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": upright is 24 wide x 40 high, red on top
+    (folder / "sub").mkdir()
+    Image.fromarray(upright).save(folder / "sub" / "exif_rotated.jpg", exif=exif, quality=95)
+    write_png(folder / "tiny8.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    Image.fromarray(blocks_image(3, 30, 30)).convert("CMYK").save(folder / "cmyk.jpg")
+    (folder / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "notes.txt").write_text("these are not pixels\n")
+    return {
+        "cmyk.jpg": None, "gray.png": None, "gray16.png": None, "palette.png": None,
+        "palette_transparent.png": None, "rgba.png": None, "sub/exif_rotated.jpg": None, "tiny8.png": None,
+        "empty.png": "empty file (0 bytes)", "truncated.jpg": "corrupt or truncated", "notes.txt": "not an image",
+    }
