@@ -514,11 +514,17 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
         "license",
         "id2label",
         "label2id",
+        "output",
+        "resume",
+        "overwrite",
     }
     training_rows = [
         (key, _fmt(value))
         for key, value in sorted(training.items())
-        if key not in skip and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
+        # unset options and this machine's paths say nothing about the model
+        if key not in skip
+        and value is not None
+        and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
     ]
     values = metrics.get("eval") or {}
     metric_rows = [
