@@ -128,7 +128,7 @@ def test_model_card_without_metrics_says_not_measured(tmp_path):
     # a local path is no Hub dataset id: it stays out of the metadata, but the body names it
     assert "datasets" not in meta and "base_model" not in meta
     text = (root / "README.md").read_text()
-    assert "Not yet measured" in text and "`./local/potsdam`" in text
+    assert "Not yet measured" in text and "`potsdam (local folder)`" in text and "./local" not in text
     assert "pseudo-labels" not in meta["tags"]
 
 

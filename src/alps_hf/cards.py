@@ -109,6 +109,14 @@ def card_is_generated(text: str) -> bool:
     return bool(match) and _digest(text[: match.start()]) == match.group(1)
 
 
+def public_name(value: str | None) -> str | None:
+    """A dataset / model reference fit for a public card: Hub ids as they are, local paths by their
+    last component only (this machine's directories are nobody's business on the Hub)."""
+    if not value or is_repo_id(value):
+        return value
+    return f"{Path(value).name or value} (local folder)"
+
+
 def is_repo_id(value: str | None) -> bool:
     """True when `value` follows the Hub repo id rule (`REPO_ID_RULE`)."""
     return isinstance(value, str) and bool(_REPO_ID.match(value))
@@ -477,7 +485,7 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
         if "segformer" in model_type
         else model_type
     )
-    dataset = training.get("dataset") or "not recorded"
+    dataset = public_name(training.get("dataset")) or "not recorded"
     base = training.get("base_model") or training.get("backbone")
     num_labels = len(id2label) or config.get("num_labels") or "unknown"
     ref = repo_id or "path/to/this/folder"
@@ -581,7 +589,7 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
         "has_curve": (folder / "training_curve.png").is_file(),
         "metric_rows": metric_rows,
         "per_class_rows": per_class_rows,
-        "eval_text": f"the `{metrics.get('split') or 'evaluation'}` split of `{metrics.get('dataset') or dataset}`",
+        "eval_text": f"the `{metrics.get('split') or 'evaluation'}` split of `{public_name(metrics.get('dataset')) or dataset}`",
         "eval_step": metrics.get("step"),
         "limitations": limitations,
         "alps_bibtex": ALPS_BIBTEX,

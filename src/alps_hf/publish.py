@@ -33,6 +33,7 @@ from .cards import (
     REPO_ID_RULE,
     card_is_generated,
     is_repo_id,
+    public_name,
     read_json,
     render_class_histogram,
     render_dataset_card,
@@ -394,7 +395,7 @@ def _default_message(kind: Kind, folder: Path, info: dict[str, Any]) -> str:
     arch = (info.get("architectures") or ["model"])[0]
     parts = [
         f"Upload {arch}",
-        f"{training.get('task') or 'trained'} on {training.get('dataset') or 'unrecorded data'}",
+        f"{training.get('task') or 'trained'} on {public_name(training.get('dataset')) or 'unrecorded data'}",
     ]
     if metrics.get("step") is not None:
         parts.append(f"step {metrics['step']}")
