@@ -370,15 +370,17 @@ def train(config: TrainConfig, task: str = "pretrain") -> dict[str, Any]:
     bar = tqdm(total=max_steps, initial=completed, disable=not accelerator.is_local_main_process, desc=task)
     epoch, skip = divmod(completed, steps_per_epoch)
     skip *= config.gradient_accumulation_steps
-    window_loss, window_steps = torch.zeros((), device=accelerator.device), 0
+    window_loss, window_micro = torch.zeros((), device=accelerator.device), 0
     window_start, window_images, start_time, images_seen = time.perf_counter(), 0, time.perf_counter(), 0
     scores: dict[str, Any] = {}
     model.train()
     while completed < max_steps:
-        sampler.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        skip = 0
-        for batch in loader:
+        # Through the prepared loader: accelerate re-applies its own epoch counter to the sampler.
+        train_loader.set_epoch(epoch)
+        if skip:
+            sampler.skip_next(skip * config.batch_size * accelerator.num_processes)
+            skip = 0
+        for batch in train_loader:
             with accelerator.accumulate(model):
                 loss = training_loss(model, batch, spec.architecture)
                 accelerator.backward(loss)
@@ -386,16 +388,16 @@ def train(config: TrainConfig, task: str = "pretrain") -> dict[str, Any]:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            window_loss += loss.detach().float() / config.gradient_accumulation_steps
+            window_loss += loss.detach().float()
+            window_micro += 1
             window_images += batch["pixel_values"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             completed += 1
-            window_steps += 1
             bar.update(1)
             if completed % max(1, config.logging_steps) == 0 or completed == max_steps:
-                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_micro
                 lr = scheduler.get_last_lr()[-1]
                 now = time.perf_counter()
                 speed = window_images / max(now - window_start, 1e-9)
@@ -404,7 +406,7 @@ def train(config: TrainConfig, task: str = "pretrain") -> dict[str, Any]:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 images_seen += window_images
                 window_loss.zero_()
-                window_steps, window_images, window_start = 0, 0, now
+                window_micro, window_images, window_start = 0, 0, now
             if eval_loader is not None and config.eval_steps and completed % config.eval_steps == 0 and completed < max_steps:
                 run_eval(completed)
             if config.checkpointing_steps and completed % config.checkpointing_steps == 0:

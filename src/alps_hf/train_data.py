@@ -323,10 +323,18 @@ class EpochSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
-        self.num_examples, self.seed, self.shuffle, self.epoch = num_examples, seed, shuffle, 0
+        self.num_examples, self.seed, self.shuffle, self.epoch, self.skip = num_examples, seed, shuffle, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def skip_next(self, num_examples: int) -> None:
+        """Leave out the first `num_examples` of the next pass only (resuming mid-epoch).
+
+        Skipping here rather than with `accelerator.skip_first_batches` keeps batch boundaries and
+        the batch -> process assignment of the uninterrupted run (skip whole global batches).
+        """
+        self.skip = int(num_examples)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -336,7 +344,8 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(self.num_examples)
-        for i in order.tolist():
+        skip, self.skip = self.skip, 0
+        for i in order.tolist()[skip:]:
             yield (self.epoch, i)
 
 
