@@ -61,6 +61,13 @@ def load_sam_config(name: str, revision: str | None):
     """SamConfig of --sam, or ConfigError saying why it is unusable (fast: config file only)."""
     from transformers import SamConfig
 
+    # SamConfig.from_pretrained silently returns a default (ViT-B, 256-d) config for a local folder
+    # without config.json, so such a folder would pass here and fail later, after work has started.
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise ConfigError(
+            f"unknown SAM model {name!r}: the folder has no config.json, so it is not a save_pretrained folder. "
+            "Pass --sam facebook/sam-vit-base (or -large/-huge) or a folder written by SamModel.save_pretrained"
+        )
     try:
         config = SamConfig.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
@@ -70,6 +77,15 @@ def load_sam_config(name: str, revision: str | None):
         ) from None
     if getattr(config, "model_type", None) != "sam":
         raise ConfigError(f"--sam {name!r} is a {config.model_type!r} model, not SAM")
+    from .mask_generator import load_sam_image_processor
+
+    try:  # a JSON file, cheap; without it MaskGenerator.from_pretrained fails with a traceback
+        load_sam_image_processor(name, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--sam {name!r} has no SAM image processor config ({str(err).splitlines()[0]}); save one beside the "
+            "model with SamImageProcessorPil(...).save_pretrained(folder)"
+        ) from None
     return config
 
 
@@ -226,9 +242,10 @@ def fit_clusters(work: WorkDir, num_shards: int, k: int, seed: int, normalizatio
                  passes: int, metadata: dict) -> ClusterModel:
     total = sum(work.shard_summary(s)["masks"] for s in range(num_shards))
     if total < k:
+        fix = f"use --num-clusters {total} or fewer" if total >= 2 else "loosen the mask filters"
         raise ConfigError(
-            f"--num-clusters {k} is larger than the number of masks found ({total}); use --num-clusters "
-            f"{max(2, total)} or fewer, loosen the mask filters, or label more images"
+            f"--num-clusters {k} is larger than the number of masks found ({total}); {fix} (the SAM pass is "
+            "saved: the same command with --resume and a smaller --num-clusters reuses it), or label more images"
         )
     return fit_online_kmeans(lambda: work.iter_features(num_shards), k, seed=seed, normalization=normalization,
                              batch_size=batch_size, passes=passes, metadata=metadata)
