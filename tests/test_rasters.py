@@ -19,6 +19,7 @@ from alps_hf.rasters import (
     resolve_seams,
     scene_windows,
     wants_windows,
+    window_from_meta,
 )
 from alps_hf.stitch import Stitcher, label_raster_suffix
 
@@ -262,6 +263,9 @@ def test_png_scene_windows(tmp_path):
         assert loaded.valid is None and loaded.image_bytes is None
         assert loaded.meta["scene_size"] == [500, 300] and loaded.meta["crs"] is None
     assert label_raster_suffix(path) == ".png" and label_raster_suffix("a/b.TIF") == ".tif"
+    assert window_from_meta(loaded.meta, 256, 32) == plan_windows(500, 300, 256, 32)[-1]
+    with pytest.raises(ValueError, match="not a window"):
+        window_from_meta(loaded.meta, 256, 16)
     # Loaders cross to DataLoader worker processes under any start method.
     source, load = pickle.loads(pickle.dumps(items[-1]))
     np.testing.assert_array_equal(load().rgb, scene[300 - 256 :, 500 - 256 :])
@@ -272,6 +276,7 @@ def test_png_scene_bad_inputs(tmp_path):
     bad.write_bytes(b"not a png at all")
     with pytest.raises(ImageError, match="broken.png: cannot be opened"):
         scene_windows(bad, 256, 32)
+    assert not wants_windows(bad, 256)  # left to the ordinary loader, which records the failure
     good = tmp_path / "ok.png"
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(good)
     with pytest.raises(InputError, match="--bands"):

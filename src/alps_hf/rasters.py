@@ -142,6 +142,28 @@ def plan_windows(width: int, height: int, tile_size: int, overlap: int) -> list[
     return windows
 
 
+@functools.lru_cache(maxsize=64)
+def _plan_by_bounds(width: int, height: int, tile_size: int, overlap: int) -> dict[tuple[int, ...], Window]:
+    return {tuple(w.bounds): w for w in plan_windows(width, height, tile_size, overlap)}
+
+
+def window_from_meta(meta: dict, tile_size: int, overlap: int) -> Window:
+    """The `Window` (with its core) of a window row, from its meta `window` and `scene_size`.
+
+    Raises:
+        ValueError: the bounds are not a window of that scene under this tiling.
+    """
+    width, height = (int(v) for v in meta["scene_size"])
+    bounds = tuple(int(v) for v in meta["window"])
+    window = _plan_by_bounds(width, height, tile_size, overlap).get(bounds)
+    if window is None:
+        raise ValueError(
+            f"window {list(bounds)} is not a window of a {width}x{height} scene tiled "
+            f"{tile_size} px with {overlap} px overlap"
+        )
+    return window
+
+
 def resolve_seams(masks: MaskSet, window: Window, edge_margin: int = 0) -> MaskSet:
     """Keep the masks of `window` that this window owns under the centre-ownership seam rule.
 
@@ -244,10 +266,12 @@ def raster_size(path: str | os.PathLike) -> tuple[int, int]:
         return scene_header(path)
     from PIL import Image, UnidentifiedImageError
 
+    from .images import MAX_IMAGE_PIXELS  # noqa: F401  (importing it raises PIL's pixel limit for big scenes)
+
     try:
         with Image.open(path) as image:
             return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"{path}: cannot be opened as an image ({err})") from None
 
 
@@ -255,11 +279,15 @@ def wants_windows(path: str | os.PathLike, tile_size: int) -> bool:
     """Whether the pipeline should label `path` through `scene_windows` rather than whole.
 
     True for rasterio formats (so geo meta, band choice, scaling and no-data apply even to small
-    GeoTIFFs) and for any image whose width or height exceeds `tile_size`.
+    GeoTIFFs) and for any image whose width or height exceeds `tile_size`. False for a file whose
+    header cannot be read, so that the ordinary loader reports it as a failure.
     """
     if uses_rasterio(path):
         return True
-    width, height = raster_size(path)
+    try:
+        width, height = raster_size(path)
+    except ImageError:
+        return False
     return width > tile_size or height > tile_size
 
 
