@@ -288,11 +288,11 @@ def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: Cluste
             "splits": {split: {"num_rows": stats["images"], "files": [f"data/{n.name}" for n in names],
                                "num_bytes": sum(n.stat().st_size for n in names)}},
             "stats": stats, "features": dataset_features().to_dict()}
-    atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-    from .cards import render_dataset_card
+    # Not sort_keys: the order of `features` is the column order of the dataset.
+    atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2) + "\n")
+    from .cards import write_dataset_card
 
-    card = render_dataset_card(info)
-    atomic_write_text(output / "README.md", str(card))
+    write_dataset_card(output)
     return info
 
 
