@@ -156,7 +156,7 @@ class Pass1Runner:
         works = [_work_image(loaded, self.cfg.max_mask_side) for _, _, loaded in batch]
         outputs = self.generator.generate([rgb for rgb, _ in works])
         records = []
-        for (index, item, loaded), (rgb, valid), out in zip(batch, works, outputs, strict=True):
+        for (index, item, loaded), (_, valid), out in zip(batch, works, outputs, strict=True):
             t0 = time.perf_counter()
             feats = mask_features(out.masks.masks, out.embedding, out.frame)
             t1 = time.perf_counter()
