@@ -1,0 +1,491 @@
+"""`alps-hf label` / `alps-hf recluster` end to end, in-process through `alps_hf.cli.main`, on a tiny
+random SAM (saved with save_pretrained), on the trained toy SAM, on generated images, odd and broken
+files, and real Dubai tiles; plus every configuration error, each failing before SAM loads."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from alps_hf.cli import main
+from alps_hf.clustering import ClusterModel
+from alps_hf.mask_generator import MaskGenerator
+from sam_fixtures import TINY_CHANNELS, blocks_image, save_tiny_sam, write_odd_images, write_png
+
+# Loose thresholds for the random tiny SAM (its masks are noise), NMS off so that there are many masks.
+TINY = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+        "--max-area-fraction", "1.0", "--box-nms-thresh", "1.0", "--num-workers", "0", "--preview-images", "2"]
+TOY = ["--points-per-side", "8", "--pred-iou-thresh", "0.5", "--stability-score-thresh", "0.8",
+       "--num-workers", "1", "--image-batch-size", "2"]
+
+
+# ---- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
+
+
+@pytest.fixture(scope="module")
+def blocks_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("blocks")
+    for i, (h, w) in enumerate([(48, 64), (64, 48), (40, 40), (30, 70)]):
+        write_png(folder / f"img_{i}.png", blocks_image(i, h, w))
+    return folder
+
+
+def label(inputs, output, sam, *extra) -> int:
+    inputs = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
+    return main(["label", *inputs, "--output", str(output), "--sam", str(sam), *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory, blocks_dir, tiny_sam_dir) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "pseudo"
+    assert label(blocks_dir, out, tiny_sam_dir, "--num-clusters", "3", "--shard-size", "2", *TINY) == 0
+    return out
+
+
+@pytest.fixture
+def no_sam(monkeypatch):
+    """Make any attempt to load SAM weights fail the test; yields the list of attempts."""
+    import transformers
+
+    calls = []
+
+    def refuse(cls, *args, **kwargs):
+        calls.append(args)
+        raise AssertionError(f"SAM must not be loaded here ({cls.__name__}.from_pretrained{args})")
+
+    monkeypatch.setattr(MaskGenerator, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(transformers.SamModel, "from_pretrained", classmethod(refuse))
+    yield calls
+    assert calls == []
+
+
+@pytest.fixture
+def count_generated(monkeypatch):
+    """Count the images that go through MaskGenerator.generate."""
+    seen: list[tuple[int, int]] = []
+    original = MaskGenerator.generate
+
+    def spy(self, images):
+        seen.extend(img.shape[:2] for img in images)
+        return original(self, images)
+
+    monkeypatch.setattr(MaskGenerator, "generate", spy)
+    return seen
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
+def rows(folder: Path) -> list[dict]:
+    """The final dataset rows, raw from the parquet shards (bytes, not decoded)."""
+    out = []
+    for f in sorted((folder / "data").glob("*.parquet")):
+        out += pq.read_table(f).to_pylist()
+    return out
+
+
+def png(cell) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(cell["bytes"])))
+
+
+def lut_paint(segments: np.ndarray, segment_class: list[int]) -> np.ndarray:
+    classes = np.asarray(segment_class, dtype=np.int64)
+    return np.where(segments == 0, 255, classes[np.maximum(segments.astype(np.int64), 1) - 1] if len(classes)
+                    else 255).astype(np.uint8)
+
+
+def check_dataset(folder: Path, k: int, expected_sources: list[str]) -> list[dict]:
+    """Everything a labeled folder promises, checked through datasets.load_dataset and the raw files."""
+    from datasets import load_dataset
+    from huggingface_hub import metadata_load
+
+    for name in ("README.md", "id2label.json", "cluster_model.safetensors", "cluster_model.json", "preview.png",
+                 "label_config.json", "alps_dataset.json", "failures.jsonl"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "id2label.json").read_text()) == {str(i): f"cluster_{i:02d}" for i in range(k)}
+    meta = metadata_load(folder / "README.md")
+    assert meta["configs"][0]["data_files"][0]["split"] == "train"
+    assert {f["name"] for f in meta["dataset_info"]["features"]} >= {"image", "label", "segments", "segment_class"}
+    assert Image.open(folder / "preview.png").format == "PNG"
+    assert ClusterModel.load(folder).num_clusters == k
+    info = json.loads((folder / "alps_dataset.json").read_text())
+    assert info["num_clusters"] == k
+
+    ds = load_dataset(str(folder))
+    assert list(ds) == ["train"]
+    train = ds["train"]
+    assert train.num_rows == len(expected_sources)
+    assert train["source"] == expected_sources
+    raw = rows(folder)
+    for row, item in zip(raw, train, strict=True):
+        segments, label = png(row["segments"]), png(row["label"])
+        assert segments.dtype == np.uint16 and label.dtype == np.uint8
+        image = item["image"]
+        assert label.shape == segments.shape == (image.height, image.width)
+        assert item["label"].mode == "L" and np.array_equal(np.asarray(item["label"]), label)
+        sc = row["segment_class"]
+        assert all(0 <= c < k for c in sc)
+        assert set(np.unique(label).tolist()) <= set(range(k)) | {255}
+        assert int(segments.max(initial=0)) == len(sc)  # every segment id is used, 1..n
+        assert np.array_equal(label, lut_paint(segments, sc))
+        assert row["segment_area"] == np.bincount(segments.ravel(), minlength=len(sc) + 1)[1:].tolist()
+        assert len(row["segment_iou"]) == len(row["segment_stability"]) == len(sc)
+    stats = info["stats"]
+    assert stats["images"] == len(expected_sources)
+    assert stats["masks_total"] == sum(len(r["segment_class"]) for r in raw)
+    assert stats["images_without_masks"] == sum(len(r["segment_class"]) == 0 for r in raw)
+    return raw
+
+
+def failures(folder: Path) -> dict[str, str]:
+    lines = (folder / "failures.jsonl").read_text().splitlines()
+    return {json.loads(line)["source"]: json.loads(line)["reason"] for line in lines}
+
+
+def label_bytes(folder: Path) -> list[bytes]:
+    return [r["label"]["bytes"] for r in rows(folder)]
+
+
+# ---- the main run --------------------------------------------------------------------------------------
+def test_label_writes_a_loadable_hub_layout_dataset(labeled, tiny_sam_dir):
+    raw = check_dataset(labeled, 3, [f"img_{i}.png" for i in range(4)])
+    assert failures(labeled) == {}
+    assert sum(len(r["segment_class"]) for r in raw) >= 3
+    assert sorted(p.name for p in (labeled / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert sorted(p.name for p in (labeled / "work" / "pass1").glob("*.done")) == ["shard-00000.done",
+                                                                                  "shard-00001.done"]
+    cfg = json.loads((labeled / "label_config.json").read_text())
+    assert cfg["num_clusters"] == 3 and cfg["sam"] == str(tiny_sam_dir) and cfg["points_per_side"] == 4
+    meta = json.loads((labeled / "cluster_model.json").read_text())
+    assert meta["feature_dim"] == TINY_CHANNELS and meta["sam_model"] == str(tiny_sam_dir)
+    readme = (labeled / "README.md").read_text()
+    assert str(tiny_sam_dir) in readme
+
+
+def test_original_image_bytes_kept(labeled, blocks_dir):
+    for row in rows(labeled):
+        assert row["image"]["bytes"] == (blocks_dir / row["source"]).read_bytes()
+
+
+def test_semantic_segmentation_example_accepts_the_folder(labeled):
+    """What transformers' run_semantic_segmentation(_no_trainer).py needs: `image` and `label` columns
+    (PIL images), id2label.json as {"0": name}, and labels its image processor turns into class ids."""
+    from datasets import load_dataset
+    from transformers import SegformerImageProcessorPil
+
+    ds = load_dataset(str(labeled))["train"]
+    assert {"image", "label"} <= set(ds.column_names)
+    id2label = {int(k): v for k, v in json.loads((labeled / "id2label.json").read_text()).items()}
+    assert id2label == {0: "cluster_00", 1: "cluster_01", 2: "cluster_02"}
+    proc = SegformerImageProcessorPil(do_reduce_labels=False, size={"height": 32, "width": 32})
+    batch = proc([x.convert("RGB") for x in ds["image"]], [x for x in ds["label"]], return_tensors="pt")
+    assert tuple(batch["pixel_values"].shape) == (4, 3, 32, 32)
+    assert set(batch["labels"].unique().tolist()) <= set(id2label) | {255}
+
+
+def test_same_seed_gives_byte_identical_labels(labeled, blocks_dir, tiny_sam_dir, tmp_path):
+    out = tmp_path / "again"
+    assert label(blocks_dir, out, tiny_sam_dir, "--num-clusters", "3", "--shard-size", "2", *TINY) == 0
+    assert label_bytes(out) == label_bytes(labeled)
+    assert [r["segments"]["bytes"] for r in rows(out)] == [r["segments"]["bytes"] for r in rows(labeled)]
+    assert (out / "cluster_model.safetensors").read_bytes() == (labeled / "cluster_model.safetensors").read_bytes()
+
+
+def test_recluster_changes_k_without_sam(labeled, tmp_path, no_sam, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(labeled, folder)
+    before = rows(folder)
+    assert main(["recluster", str(folder), "--num-clusters", "2"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    raw = check_dataset(folder, 2, [r["source"] for r in before])
+    assert all(c < 2 for r in raw for c in r["segment_class"])
+    # segments and images are untouched: only the classes changed
+    assert [r["segments"]["bytes"] for r in raw] == [r["segments"]["bytes"] for r in before]
+    assert [r["image"]["bytes"] for r in raw] == [r["image"]["bytes"] for r in before]
+    assert json.loads((folder / "label_config.json").read_text())["num_clusters"] == 2
+    assert json.loads((folder / "work" / "cluster_model.json").read_text())["num_clusters"] == 2
+    # and back to 3: the same labels as the original run (same seed, same features)
+    assert main(["recluster", str(folder), "--num-clusters", "3"]) == 0
+    assert label_bytes(folder) == label_bytes(labeled)
+
+
+def test_resume_after_finished_run_labels_nothing_again(labeled, tmp_path, tiny_sam_dir, blocks_dir,
+                                                        count_generated):
+    folder = tmp_path / "copy"
+    shutil.copytree(labeled, folder)
+    args = ["--num-clusters", "3", "--shard-size", "2", *TINY, "--resume"]
+    assert label(blocks_dir, folder, tiny_sam_dir, *args) == 0
+    assert count_generated == []
+    assert label_bytes(folder) == label_bytes(labeled)
+
+
+def test_resume_redoes_only_the_missing_shard(labeled, tmp_path, tiny_sam_dir, blocks_dir, count_generated):
+    folder = tmp_path / "copy"
+    shutil.copytree(labeled, folder)
+    (folder / "work" / "pass1" / "shard-00001.done").unlink()
+    args = ["--num-clusters", "3", "--shard-size", "2", *TINY, "--resume"]
+    assert label(blocks_dir, folder, tiny_sam_dir, *args) == 0
+    assert sorted(count_generated) == sorted([(40, 40), (30, 70)])  # img_2 and img_3: shard 1 only
+    assert (folder / "work" / "pass1" / "shard-00001.done").is_file()
+    assert label_bytes(folder) == label_bytes(labeled)
+
+
+def test_resume_with_changed_settings_is_refused(labeled, tmp_path, tiny_sam_dir, blocks_dir, no_sam, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(labeled, folder)
+    args = ["--num-clusters", "3", "--shard-size", "2", *TINY, "--points-per-side", "5", "--resume"]
+    assert label(blocks_dir, folder, tiny_sam_dir, *args) == 2
+    err = capsys.readouterr().err
+    assert "cannot --resume: points_per_side: 4 -> 5 changed" in err and "--overwrite" in err
+
+
+def test_existing_cluster_model_labels_new_images_with_the_same_ids(labeled, tmp_path, tiny_sam_dir, blocks_dir):
+    new = tmp_path / "new_images"
+    new.mkdir()
+    shutil.copy(blocks_dir / "img_1.png", new / "same_as_img_1.png")
+    write_png(new / "other.png", blocks_image(42, 50, 50))
+    out = tmp_path / "with_clusters"
+    # --num-clusters is ignored (taken from the cluster model) even when it would be invalid alone
+    assert label(new, out, tiny_sam_dir, "--clusters", labeled, "--num-clusters", "46", *TINY) == 0
+    raw = check_dataset(out, 3, ["other.png", "same_as_img_1.png"])
+    original = {r["source"]: r for r in rows(labeled)}
+    assert raw[1]["segment_class"] == original["img_1.png"]["segment_class"]
+    assert raw[1]["label"]["bytes"] == original["img_1.png"]["label"]["bytes"]
+    assert (out / "cluster_model.safetensors").read_bytes() == (labeled / "cluster_model.safetensors").read_bytes()
+
+
+def test_odd_and_broken_images_through_the_cli(tmp_path, tiny_sam_dir, capsys):
+    folder = tmp_path / "odd"
+    expected = write_odd_images(folder)
+    out = tmp_path / "out"
+    assert label(folder, out, tiny_sam_dir, "--num-clusters", "2", "--shard-size", "4", *TINY) == 0
+    good = sorted(n for n, reason in expected.items() if reason is None)
+    raw = check_dataset(out, 2, good)
+    failed = failures(out)
+    assert sorted(failed) == sorted(n for n, reason in expected.items() if reason is not None)
+    for name, reason in failed.items():
+        assert expected[name] in reason, (name, reason)
+    assert sorted([*failed, *good]) == sorted(expected)  # every input is in the dataset or in failures.jsonl
+    by_source = {r["source"]: r for r in raw}
+    assert png(by_source["sub/exif_rotated.jpg"]["label"]).shape == (40, 24)  # upright
+    assert png(by_source["tiny8.png"]["label"]).shape == (8, 8)
+    assert png(by_source["gray16.png"]["label"]).shape == (35, 40)
+    summary = capsys.readouterr().out
+    assert "11 in, 8 labeled, 3 skipped" in summary
+    assert json.loads((out / "alps_dataset.json").read_text())["stats"]["failed"] == 3
+
+
+# ---- configuration errors: exit code 2, one line on stderr, SAM never loaded ---------------------------
+def run_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    # progress bars may precede it on stderr; the error itself is one line
+    lines = [line for line in captured.err.splitlines() if line.startswith(f"alps-hf {argv[0]}: error: ")]
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_missing_input(tmp_path, tiny_sam_dir, no_sam, capsys):
+    err = run_error(capsys, ["label", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o"),
+                             "--sam", str(tiny_sam_dir)])
+    assert f"input path {tmp_path / 'nowhere'} does not exist" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_input_folder(tmp_path, tiny_sam_dir, no_sam, capsys):
+    (tmp_path / "empty").mkdir()
+    err = run_error(capsys, ["label", str(tmp_path / "empty"), "--output", str(tmp_path / "o"),
+                             "--sam", str(tiny_sam_dir)])
+    assert "holds no files" in err and str(tmp_path / "empty") in err
+
+
+def test_no_input_and_no_output(tmp_path, tiny_sam_dir, no_sam, capsys):
+    assert "no input given" in run_error(capsys, ["label", "--output", str(tmp_path / "o")])
+    assert "--output is required" in run_error(capsys, ["label", str(tmp_path)])
+
+
+def test_output_exists_without_resume_or_overwrite(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something.txt").write_text("keep me")
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(out), "--sam", str(tiny_sam_dir)])
+    assert f"--output {out} already exists and is not empty" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "something.txt").read_text() == "keep me"
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(out), "--sam", str(tiny_sam_dir),
+                             "--resume"])
+    assert "holds no alps_hf run" in err
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(out), "--resume", "--overwrite"])
+    assert "--resume and --overwrite contradict" in err
+
+
+@pytest.mark.parametrize("k", ["1", "0", "256", "1000"])
+def test_k_out_of_range(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys, k):
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(tiny_sam_dir),
+                             "--num-clusters", k])
+    assert f"--num-clusters {k} is not allowed: K must be in 2..255" in err
+    err = run_error(capsys, ["recluster", str(tmp_path), "--num-clusters", k])
+    assert f"--num-clusters {k} is not allowed" in err
+
+
+def test_k_larger_than_masks_found(tmp_path, blocks_dir, tiny_sam_dir, capsys, count_generated):
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("img_0.png", "img_2.png"):
+        shutil.copy(blocks_dir / name, two / name)
+    out = tmp_path / "out"
+    # default NMS: the random SAM's masks overlap, so few survive
+    args = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+            "--max-area-fraction", "1.0", "--num-workers", "0", "--num-clusters", "200"]
+    err = run_error(capsys, ["label", str(two), "--output", str(out), "--sam", str(tiny_sam_dir), *args])
+    found = sum(json.loads(p.read_text())["masks"] for p in (out / "work" / "pass1").glob("*.done"))
+    assert 0 < found < 200
+    assert f"--num-clusters 200 is larger than the number of masks found ({found})" in err
+    assert len(count_generated) == 2
+    # the SAM pass is kept: --resume with a K that fits reuses it
+    args[-1] = "2"
+    assert label(two, out, tiny_sam_dir, *args, "--resume") == 0
+    assert len(count_generated) == 2
+    check_dataset(out, 2, ["img_0.png", "img_2.png"])
+
+
+def test_unknown_model(tmp_path, blocks_dir, no_sam, capsys):
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "weights.bin").write_bytes(b"\0" * 10)
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(not_a_model)])
+    assert f"unknown SAM model {str(not_a_model)!r}" in err and "--sam" in err
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam",
+                             "nobody-here/no-such-sam-model"])
+    assert "unknown SAM model 'nobody-here/no-such-sam-model'" in err
+
+
+def test_sam_folder_without_image_processor(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys):
+    folder = tmp_path / "weights_only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_sam_dir / name, folder / name)
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(folder)])
+    assert f"--sam {str(folder)!r} has no SAM image processor config" in err
+
+
+def test_not_a_sam_model(tmp_path, blocks_dir, no_sam, capsys):
+    from transformers import SegformerConfig
+
+    SegformerConfig(num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1],
+                    decoder_hidden_size=8).save_pretrained(tmp_path / "segformer")
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam",
+                             str(tmp_path / "segformer")])
+    assert "is a 'segformer' model, not SAM" in err
+
+
+def test_unreadable_cluster_file(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys):
+    bad = tmp_path / "clusters"
+    bad.mkdir()
+    (bad / "cluster_model.safetensors").write_bytes(b"garbage")
+    (bad / "cluster_model.json").write_text("{}")
+    base = ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(tiny_sam_dir)]
+    err = run_error(capsys, [*base, "--clusters", str(bad)])
+    assert "cannot read the cluster model" in err
+    err = run_error(capsys, [*base, "--clusters", str(tmp_path / "nothing_here")])
+    assert "cluster model not found" in err and "--clusters" in err
+
+
+def test_cluster_file_of_another_feature_size(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys):
+    ClusterModel(np.eye(4, 7, dtype=np.float32), "l2", {}).save(tmp_path / "c7")
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(tiny_sam_dir),
+                             "--clusters", str(tmp_path / "c7")])
+    assert f"has 7-d centroids but --sam {tiny_sam_dir} gives {TINY_CHANNELS}-d features" in err
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--pred-iou-thresh", "1.5", "pred_iou_thresh=1.5 is outside [0, 1]"),
+    ("--stability-score-thresh", "-0.1", "stability_score_thresh=-0.1 is outside [0, 1]"),
+    ("--max-area-fraction", "2", "max_area_fraction=2.0 is outside [0, 1]"),
+    ("--box-nms-thresh", "1.01", "box_nms_thresh=1.01 is outside [0, 1]"),
+    ("--points-per-side", "0", "--points-per-side 0 must be a positive integer"),
+    ("--min-area", "-3", "--min-area"),
+    ("--stability-score-offset", "0", "--stability-score-offset 0.0 must be > 0"),
+    ("--feature-normalization", "cosine", "--feature-normalization 'cosine' is unknown"),
+    ("--dtype", "float64", "--dtype 'float64' is unknown"),
+])
+def test_bad_settings(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys, flag, value, message):
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(tiny_sam_dir),
+                             flag, value])
+    assert message in err
+
+
+def test_recluster_of_a_folder_that_is_not_a_run(tmp_path, no_sam, capsys):
+    err = run_error(capsys, ["recluster", str(tmp_path), "--num-clusters", "4"])
+    assert "is not a folder written by `alps-hf label`" in err
+
+
+def test_recluster_k_larger_than_masks(labeled, tmp_path, no_sam, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(labeled, folder)
+    found = sum(json.loads(p.read_text())["masks"] for p in (folder / "work" / "pass1").glob("*.done"))
+    if found >= 255:
+        pytest.skip("too many masks for this check")
+    err = run_error(capsys, ["recluster", str(folder), "--num-clusters", str(found + 1)])
+    assert f"larger than the number of masks found ({found})" in err
+    assert label_bytes(folder) == label_bytes(labeled)  # nothing rewritten
+
+
+# ---- the trained toy SAM: generated scenes and real tiles ----------------------------------------------
+def test_toy_sam_on_generated_scenes_and_a_real_tile(tmp_path, toy_sam_dir, scenes_dir, dubai_dir, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("scene_5002.png", "scene_5005.png"):
+        shutil.copy(scenes_dir / "images" / name, folder / name)
+    shutil.copy(dubai_dir / "images" / "tile2_part_001.jpg", folder / "tile2_part_001.jpg")
+    out = tmp_path / "out"
+    assert label(folder, out, toy_sam_dir, "--num-clusters", "4", "--seed", "1", *TOY) == 0
+    raw = check_dataset(out, 4, ["scene_5002.png", "scene_5005.png", "tile2_part_001.jpg"])
+    for row in raw[:2]:
+        assert len(row["segment_class"]) >= 5  # the toy SAM finds objects in its own kind of scene
+        assert all(a <= 0.3 * 512 * 512 for a in row["segment_area"])  # ALPS area gate
+        assert min(row["segment_iou"]) > 0.5 and min(row["segment_stability"]) >= 0.8
+    assert png(raw[2]["label"]).shape == (544, 509)
+    info = json.loads((out / "alps_dataset.json").read_text())
+    assert info["stats"]["images_without_masks"] == sum(len(r["segment_class"]) == 0 for r in raw)
+    if not raw[2]["segment_class"]:  # an image where SAM finds nothing is labeled all-255 and counted
+        assert (png(raw[2]["label"]) == 255).all()
+        assert f"{info['stats']['images_without_masks']} without any mask" in capsys.readouterr().out
+
+
+def test_toy_sam_on_real_dubai_tiles(tmp_path, toy_sam_dir, dubai_dir):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    names = ["tile1_part_002.jpg", "tile3_part_004.jpg"]
+    for name in names:
+        shutil.copy(dubai_dir / "images" / name, folder / name)
+    out = tmp_path / "out"
+    # the toy SAM is weak on real imagery: looser thresholds so that masks survive
+    args = ["--points-per-side", "8", "--pred-iou-thresh", "0.2", "--stability-score-thresh", "0.5",
+            "--num-workers", "1", "--num-clusters", "3"]
+    assert label(folder, out, toy_sam_dir, *args) == 0
+    raw = check_dataset(out, 3, names)
+    sizes = {r["source"]: png(r["label"]).shape for r in raw}
+    assert sizes == {"tile1_part_002.jpg": (644, 797), "tile3_part_004.jpg": (658, 682)}
+    assert sum(len(r["segment_class"]) for r in raw) >= 3
+    for row in raw:
+        assert row["image"]["bytes"] == (dubai_dir / "images" / row["source"]).read_bytes()
