@@ -264,8 +264,11 @@ def test_png_scene_windows(tmp_path):
         assert loaded.meta["scene_size"] == [500, 300] and loaded.meta["crs"] is None
     assert label_raster_suffix(path) == ".png" and label_raster_suffix("a/b.TIF") == ".tif"
     assert window_from_meta(loaded.meta, 256, 32) == plan_windows(500, 300, 256, 32)[-1]
+    second = items[1][1]().meta
+    assert second["window"] == [224, 0, 480, 256]
+    assert window_from_meta(second, 256, 32).core == (240, 0, 362, 150)  # (244 + 480) // 2, (44 + 256) // 2
     with pytest.raises(ValueError, match="not a window"):
-        window_from_meta(loaded.meta, 256, 16)
+        window_from_meta(second, 256, 16)  # another tiling: that window does not exist
     # Loaders cross to DataLoader worker processes under any start method.
     source, load = pickle.loads(pickle.dumps(items[-1]))
     np.testing.assert_array_equal(load().rgb, scene[300 - 256 :, 500 - 256 :])
