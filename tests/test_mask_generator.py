@@ -41,6 +41,15 @@ LOGITS = torch.stack([DESIGN[n][0] for n in NAMES])
 IOUS = torch.tensor([DESIGN[n][1] for n in NAMES])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_sam_model()
