@@ -209,7 +209,7 @@ def head_modules(model) -> list[torch.nn.Module]:
 
 def backbone_prefix(model) -> str:
     """Parameter-name prefix of the encoder (lower learning rate; kept when the head is swapped)."""
-    return "segformer.encoder." if model.config.model_type == "segformer" else "model.pixel_level_module.encoder."
+    return "segformer." if model.config.model_type == "segformer" else "model.pixel_level_module.encoder."
 
 
 def _load_backbone(model, spec: ModelSpec) -> None:
@@ -260,6 +260,9 @@ def build_model(spec: ModelSpec, id2label: dict[int, str]):
         # Same number of classes but other classes (e.g. 6 pseudo-classes -> 6 land-cover classes):
         # ignore_mismatched_sizes would keep the old head, so reset it explicitly.
         for module in head_modules(model):
+            # transformers marks loaded tensors as initialised and its init skips them; clear the mark.
+            for param in module.parameters():
+                param._is_hf_initialized = False
             model._init_weights(module)
     missing = [k for k in info.get("missing_keys", []) if k.startswith(backbone_prefix(model))]
     if missing:
