@@ -489,3 +489,53 @@ def test_toy_sam_on_real_dubai_tiles(tmp_path, toy_sam_dir, dubai_dir):
     assert sum(len(r["segment_class"]) for r in raw) >= 3
     for row in raw:
         assert row["image"]["bytes"] == (dubai_dir / "images" / row["source"]).read_bytes()
+
+
+# ---- more inputs: images without masks, images above --max-mask-side, datasets, --overwrite ----------
+def test_image_without_any_mask_is_all_255_and_counted(tmp_path, blocks_dir, tiny_sam_dir, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(blocks_dir / "img_0.png", folder / "big.png")
+    write_png(folder / "small.png", blocks_image(5, 24, 24)[:8, :8].copy())
+    out = tmp_path / "out"
+    # --min-area 100 leaves no mask on the 8 x 8 (64 px) image
+    assert label(folder, out, tiny_sam_dir, "--num-clusters", "2", *TINY, "--min-area", "100") == 0
+    raw = check_dataset(out, 2, ["big.png", "small.png"])
+    small = raw[1]
+    assert small["segment_class"] == [] and small["segment_area"] == []
+    assert (png(small["label"]) == 255).all() and (png(small["segments"]) == 0).all()
+    assert png(small["label"]).shape == (8, 8)
+    assert raw[0]["segment_class"]  # (segment_area is the visible area: it may be below --min-area)
+    assert json.loads((out / "alps_dataset.json").read_text())["stats"]["images_without_masks"] == 1
+    assert "1 without any mask" in capsys.readouterr().out
+    assert failures(out) == {}
+
+
+def test_images_above_max_mask_side_are_labeled_at_full_size(tmp_path, blocks_dir, tiny_sam_dir, count_generated):
+    out = tmp_path / "out"
+    assert label(blocks_dir, out, tiny_sam_dir, "--num-clusters", "2", *TINY, "--max-mask-side", "32") == 0
+    # SAM saw images no larger than 32 px on their long side ...
+    assert sorted(count_generated) == sorted([(24, 32), (32, 24), (32, 32), (14, 32)])
+    # ... and the maps come back at the original size (check_dataset: label size == image size, LUT, areas)
+    raw = check_dataset(out, 2, [f"img_{i}.png" for i in range(4)])
+    assert [png(r["label"]).shape for r in raw] == [(48, 64), (64, 48), (40, 40), (30, 70)]
+
+
+def test_label_a_dataset_folder_as_input(labeled, tmp_path, tiny_sam_dir):
+    """A Hub-layout dataset folder (here: the output of a previous run) is read through `datasets`."""
+    out = tmp_path / "relabeled"
+    assert label(labeled, out, tiny_sam_dir, "--num-clusters", "3", "--shard-size", "2", *TINY) == 0
+    raw = rows(out)
+    assert [r["source"] for r in raw] == [f"{labeled}:train[{i}]" for i in range(4)]
+    assert [r["image"]["bytes"] for r in raw] == [r["image"]["bytes"] for r in rows(labeled)]
+    # same pixels, same settings, same seed: the same labels
+    assert label_bytes(out) == label_bytes(labeled)
+
+
+def test_overwrite_replaces_the_folder(labeled, tmp_path, tiny_sam_dir, blocks_dir):
+    out = tmp_path / "out"
+    shutil.copytree(labeled, out)
+    (out / "stale.txt").write_text("old")
+    assert label(blocks_dir, out, tiny_sam_dir, "--num-clusters", "2", *TINY, "--overwrite") == 0
+    assert not (out / "stale.txt").exists()
+    check_dataset(out, 2, [f"img_{i}.png" for i in range(4)])
