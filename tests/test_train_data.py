@@ -21,7 +21,7 @@ def test_augment_keeps_labels_aligned_and_pads_with_ignore():
         assert (lab == 255).any()  # 48 x 40 scaled down < 64: padded with ignore
         inside = lab != 255
         # Bilinear image vs nearest label differ only on class borders: most pixels agree.
-        assert np.mean(img[..., 0][inside] == lab[inside] * 60) > 0.6
+        assert np.mean(np.abs(img[..., 0][inside].astype(int) - lab[inside] * 60) <= 30) > 0.9
         assert (img[~inside] == 0).all()
 
 
