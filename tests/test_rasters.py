@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -21,7 +22,7 @@ from alps_hf.rasters import (
     wants_windows,
     window_from_meta,
 )
-from alps_hf.stitch import Stitcher, label_raster_suffix
+from alps_hf.stitch import Stitcher, label_raster_suffix, stitch_dataset, stitch_rows
 
 # -- window planning ---------------------------------------------------------------------------
 
@@ -300,3 +301,53 @@ def test_stitcher_rejects_foreign_windows(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError, match="suffix"):
         Stitcher(tmp_path / "x.jpg", (500, 300), 256, 32)
+
+
+def test_stitch_rows_per_scene_in_any_order(tmp_path):
+    """Two scenes sharing a file stem, rows shuffled, one ordinary row, one window never labeled."""
+    rng = np.random.default_rng(5)
+    scenes = {str(tmp_path / "a" / "s.png"): (500, 300), str(tmp_path / "b" / "s.png"): (300, 280)}
+    truths, rows = {}, []
+    for scene, (width, height) in scenes.items():
+        truth = rng.integers(0, 46, (height, width)).astype(np.uint8)
+        truths[scene] = truth
+        for w in plan_windows(width, height, 256, 32):
+            meta = {"scene": scene, "window": w.bounds, "scene_size": [width, height], "crs": None, "transform": None}
+            rows.append((meta, truth[w.y0 : w.y1, w.x0 : w.x1]))
+    dropped_meta, _ = rows.pop(0)  # a window whose labeling failed (the top-left one)
+    rows.append(({}, np.zeros((5, 5), np.uint8)))  # an ordinary (not windowed) image: skipped
+    rng.shuffle(rows)
+    rows = [(json.dumps(m) if i % 2 else m, Image.fromarray(lab) if i % 3 else lab) for i, (m, lab) in enumerate(rows)]
+    written = stitch_rows(rows, tmp_path / "stitched", 256, 32)
+    assert sorted(p.name for p in written.values()) == ["s_1_labels.png", "s_labels.png"]
+    index = json.loads((tmp_path / "stitched" / "index.json").read_text())
+    assert index == {scene: written[scene].name for scene in scenes}
+    first = str(tmp_path / "a" / "s.png")
+    out = np.asarray(Image.open(written[first]))
+    # The failed window's core is labeled only where another window of the scene reaches (rule 2).
+    hole = window_from_meta(dropped_meta, 256, 32)
+    covered = np.zeros((300, 500), bool)
+    for w in plan_windows(500, 300, 256, 32):
+        if w != hole:
+            covered[w.y0 : w.y1, w.x0 : w.x1] = True
+    assert not covered.all()
+    expected = np.where(covered, truths[first], 255)
+    np.testing.assert_array_equal(out, expected)
+    second = str(tmp_path / "b" / "s.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(written[second])), truths[second])
+
+
+def test_stitch_dataset_from_label_rows(tmp_path):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    truth = np.random.default_rng(6).integers(0, 10, (300, 400)).astype(np.uint8)
+    metas, labels = [], []
+    for w in plan_windows(400, 300, 128, 16):
+        metas.append(json.dumps({"scene": "scenes/x.jpg", "window": w.bounds, "scene_size": [400, 300]}))
+        labels.append(Image.fromarray(truth[w.y0 : w.y1, w.x0 : w.x1]))
+    ds = Dataset.from_dict({"meta": metas, "label": labels},
+                           features=Features({"meta": Value("string"), "label": ImageFeature()}))
+    written = stitch_dataset(ds, tmp_path, 128, 16)
+    assert list(written) == ["scenes/x.jpg"] and written["scenes/x.jpg"].name == "x_labels.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(written["scenes/x.jpg"])), truth)

@@ -208,3 +208,77 @@ class Stitcher:
             self.close()
         else:
             self.abort()
+
+
+def _scene_file_name(scene: str, used: set[str]) -> str:
+    stem = Path(scene).stem or "scene"
+    name, i = f"{stem}_labels", 1
+    while name in used:  # two scenes with one stem (different folders): number the later ones
+        name, i = f"{stem}_{i}_labels", i + 1
+    used.add(name)
+    return name + label_raster_suffix(scene)
+
+
+def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) -> dict[str, Path]:
+    """Stitch window rows into one label raster per scene under `out_dir` (the `--stitch` step).
+
+    Args:
+        rows: iterable of (meta, label) in any order: `meta` the row's meta dict (or its JSON
+            string) with `scene`, `window`, `scene_size` and optionally `crs` / `transform`;
+            `label` the (h, w) uint8 label map of that window (255 = no label). Rows without a
+            `window` in their meta (ordinary images) are skipped.
+        out_dir: folder for the rasters, named `<scene stem>_labels.tif` (rasterio-read scenes) or
+            `.png`; an `index.json` maps each scene path to its file.
+        tile_size, overlap: the tiling the rows were made with.
+
+    Returns:
+        {scene path: raster path}. A scene's raster is closed as soon as all its windows arrived,
+        so only scenes whose windows are interleaved with others are open at the same time.
+    """
+    import json
+
+    from PIL import Image
+
+    from .config_utils import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    open_scenes: dict[str, Stitcher] = {}
+    written: dict[str, Path] = {}
+    used: set[str] = set()
+    try:
+        for meta, label in rows:
+            if isinstance(meta, str):
+                meta = json.loads(meta)
+            if not meta or "window" not in meta:
+                continue
+            scene = str(meta["scene"])
+            stitcher = open_scenes.get(scene)
+            if stitcher is None:
+                if scene in written:
+                    raise ValueError(f"window {meta['window']} of {scene} came after its raster was finished")
+                stitcher = Stitcher.from_meta(out_dir / _scene_file_name(scene, used), meta, tile_size, overlap)
+                open_scenes[scene] = stitcher
+            if isinstance(label, Image.Image):
+                label = np.asarray(label)
+            stitcher.add(meta["window"], label)
+            if not stitcher.missing:
+                written[scene] = open_scenes.pop(scene).close()
+        for scene, stitcher in open_scenes.items():  # windows that failed stay 255
+            written[scene] = stitcher.close()
+        open_scenes.clear()
+    finally:
+        for stitcher in open_scenes.values():
+            stitcher.abort()
+    index = {scene: path.name for scene, path in sorted(written.items())}
+    atomic_write_text(out_dir / "index.json", json.dumps(index, indent=2) + "\n")
+    return written
+
+
+def stitch_dataset(dataset, out_dir: str | os.PathLike, tile_size: int, overlap: int) -> dict[str, Path]:
+    """`stitch_rows` over a labeled `datasets.Dataset` (columns `meta` as JSON and `label`)."""
+    def rows():
+        for row in dataset.select_columns(["meta", "label"]):
+            yield row["meta"], row["label"]
+
+    return stitch_rows(rows(), out_dir, tile_size, overlap)
