@@ -1,5 +1,8 @@
 """`Stitcher`: per-window label maps of one scene -> one full-size label raster on disk (`--stitch`).
 
+`stitch_rows` / `stitch_dataset` run it over all window rows of a labeling run, one raster per
+scene, named `<scene stem>_labels.tif|png`, with an `index.json` mapping scene -> file.
+
 Windows are written into the output file one at a time (read-modify-write of the window's
 region), so memory is bounded by the window for GeoTIFF output. Ownership follows the seam rule
 of `alps_hf.rasters`: the label maps given to `add` are painted from the masks `resolve_seams`
