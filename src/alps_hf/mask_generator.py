@@ -129,7 +129,9 @@ class MaskGenerator:
     def embed(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[EmbeddingFrame]]:
         """Preprocess and encode RGB uint8 images in one batch: (B, C, E, E) embeddings and frames."""
         with self._timed("preprocess"):
-            inputs = self.processor(images=list(images), return_tensors="pt")
+            # Explicit channels-last: otherwise the processor guesses, and takes an image 1 or 3 pixels high
+            # (e.g. 3 x 8 x 3) for channels-first, encoding it transposed with the wrong original size.
+            inputs = self.processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
             pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
         padded = int(pixel_values.shape[-1])
         frames = [
