@@ -199,3 +199,17 @@ def test_batch_of_images_of_different_sizes(model):
         # one image alone gives the same masks as within the batch
         alone = MaskGenerator(gen.model, gen.processor, cfg).generate([img])[0]
         assert torch.equal(alone.masks.masks, out.masks.masks)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 3), (1, 1, 3), (3, 3, 3), (8, 3, 3), (3, 40, 3)])
+def test_images_with_a_side_of_1_or_3_pixels_are_not_taken_for_channels_first(model, shape):
+    cfg = MaskGeneratorConfig(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                              max_area_fraction=1.0)
+    gen = MaskGenerator(model, tiny_sam_processor(), cfg)
+    img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    out = gen.generate([img])[0]
+    h, w = shape[:2]
+    assert out.frame.original == (h, w)
+    scale = TINY_INPUT / max(h, w)
+    assert out.frame.resized == (int(h * scale + 0.5), int(w * scale + 0.5))
+    assert out.masks.masks.shape[1:] == (h, w)
