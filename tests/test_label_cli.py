@@ -539,3 +539,13 @@ def test_overwrite_replaces_the_folder(labeled, tmp_path, tiny_sam_dir, blocks_d
     assert label(blocks_dir, out, tiny_sam_dir, "--num-clusters", "2", *TINY, "--overwrite") == 0
     assert not (out / "stale.txt").exists()
     check_dataset(out, 2, [f"img_{i}.png" for i in range(4)])
+
+
+def test_labels_do_not_depend_on_sharding_or_batching(labeled, blocks_dir, tiny_sam_dir, tmp_path):
+    """K-means reads features in input order, re-chunked: shard and batch sizes do not change the result."""
+    out = tmp_path / "one_by_one"
+    args = ["--num-clusters", "3", *TINY, "--shard-size", "1", "--image-batch-size", "1", "--num-workers", "2"]
+    assert label(blocks_dir, out, tiny_sam_dir, *args) == 0
+    assert len(list((out / "work" / "pass1").glob("*.done"))) == 4
+    assert [r["segments"]["bytes"] for r in rows(out)] == [r["segments"]["bytes"] for r in rows(labeled)]
+    assert label_bytes(out) == label_bytes(labeled)
