@@ -132,10 +132,14 @@ def rechunk(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
             continue
         buffer.append(chunk)
         held += len(chunk)
-        while held >= size:
-            joined = np.concatenate(buffer)
-            yield joined[:size]
-            rest = joined[size:]
+        if held >= size:
+            # One concatenation per incoming chunk, then slices: re-joining the remainder for every
+            # batch made large chunks quadratic.
+            joined = np.concatenate(buffer) if len(buffer) > 1 else buffer[0]
+            full = len(joined) // size
+            for i in range(full):
+                yield joined[i * size:(i + 1) * size]
+            rest = joined[full * size:]
             buffer, held = ([rest] if len(rest) else []), len(rest)
     if held:
         yield np.concatenate(buffer)
