@@ -125,7 +125,10 @@ def check_dataset(folder: Path, k: int, expected_sources: list[str]) -> list[dic
     meta = metadata_load(folder / "README.md")
     assert meta["configs"][0]["data_files"][0]["split"] == "train"
     assert {f["name"] for f in meta["dataset_info"]["features"]} >= {"image", "label", "segments", "segment_class"}
+    assert f"**{k} pseudo-classes**" in (folder / "README.md").read_text()
     assert Image.open(folder / "preview.png").format == "PNG"
+    leftovers = [p for p in folder.rglob(".*") if ".tmp" in p.name]
+    assert leftovers == [], "atomic writes leave no temporary files behind"
     assert ClusterModel.load(folder).num_clusters == k
     info = json.loads((folder / "alps_dataset.json").read_text())
     assert info["num_clusters"] == k
@@ -276,11 +279,19 @@ def test_existing_cluster_model_labels_new_images_with_the_same_ids(labeled, tmp
 def test_odd_and_broken_images_through_the_cli(tmp_path, tiny_sam_dir, capsys):
     folder = tmp_path / "odd"
     expected = write_odd_images(folder)
+    # a 1-pixel-high strip: decodable, but SAM's resize makes it 0 px high; it shares a SAM batch with
+    # others, which must still be labeled. It ends up labeled or listed, never lost.
+    write_png(folder / "strip.png", np.zeros((1, 300, 3), np.uint8))
     out = tmp_path / "out"
     assert label(folder, out, tiny_sam_dir, "--num-clusters", "2", "--shard-size", "4", *TINY) == 0
+    failed = failures(out)
+    strip_failed = failed.pop("strip.png", None)
+    if strip_failed is not None:
+        assert strip_failed.startswith("labeling failed: ")
+    else:
+        expected["strip.png"] = None
     good = sorted(n for n, reason in expected.items() if reason is None)
     raw = check_dataset(out, 2, good)
-    failed = failures(out)
     assert sorted(failed) == sorted(n for n, reason in expected.items() if reason is not None)
     for name, reason in failed.items():
         assert expected[name] in reason, (name, reason)
@@ -289,9 +300,10 @@ def test_odd_and_broken_images_through_the_cli(tmp_path, tiny_sam_dir, capsys):
     assert png(by_source["sub/exif_rotated.jpg"]["label"]).shape == (40, 24)  # upright
     assert png(by_source["tiny8.png"]["label"]).shape == (8, 8)
     assert png(by_source["gray16.png"]["label"]).shape == (35, 40)
+    n_failed = len(failed) + (strip_failed is not None)
     summary = capsys.readouterr().out
-    assert "11 in, 8 labeled, 3 skipped" in summary
-    assert json.loads((out / "alps_dataset.json").read_text())["stats"]["failed"] == 3
+    assert f"12 in, {12 - n_failed} labeled, {n_failed} skipped" in summary
+    assert json.loads((out / "alps_dataset.json").read_text())["stats"]["failed"] == n_failed
 
 
 # ---- configuration errors: exit code 2, one line on stderr, SAM never loaded ---------------------------
