@@ -401,7 +401,7 @@ def train(config: TrainConfig, task: str = "pretrain") -> dict[str, Any]:
                 lr = scheduler.get_last_lr()[-1]
                 now = time.perf_counter()
                 speed = window_images / max(now - window_start, 1e-9)
-                history.append({"step": completed, "loss": mean_loss, "lr": lr})
+                history.append({"step": completed, "loss": mean_loss, "lr": lr, "time": now - start_time})
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_second": speed}, step=completed)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 images_seen += window_images
