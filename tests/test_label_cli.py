@@ -259,6 +259,13 @@ def test_resume_with_changed_settings_is_refused(labeled, tmp_path, tiny_sam_dir
     assert label(blocks_dir, folder, tiny_sam_dir, *args) == 2
     err = capsys.readouterr().err
     assert "cannot --resume: points_per_side: 4 -> 5 changed" in err and "--overwrite" in err
+    more = tmp_path / "more_images"
+    shutil.copytree(blocks_dir, more)
+    write_png(more / "img_9.png", blocks_image(9))
+    args = ["--num-clusters", "3", "--shard-size", "2", *TINY, "--resume"]
+    err = run_error(capsys, ["label", str(more), "--output", str(folder), "--sam", str(tiny_sam_dir), *args])
+    assert "the input list" in err and "num_inputs: 4 -> 5" in err
+    assert label_bytes(folder) == label_bytes(labeled)
 
 
 def test_existing_cluster_model_labels_new_images_with_the_same_ids(labeled, tmp_path, tiny_sam_dir, blocks_dir):
@@ -561,3 +568,19 @@ def test_labels_do_not_depend_on_sharding_or_batching(labeled, blocks_dir, tiny_
     assert len(list((out / "work" / "pass1").glob("*.done"))) == 4
     assert [r["segments"]["bytes"] for r in rows(out)] == [r["segments"]["bytes"] for r in rows(labeled)]
     assert label_bytes(out) == label_bytes(labeled)
+
+
+@pytest.mark.parametrize("command", ["label", "recluster"])
+def test_help_explains_every_flag(command, capsys):
+    import dataclasses
+
+    from alps_hf.config import LabelConfig, ReclusterConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    cls = LabelConfig if command == "label" else ReclusterConfig
+    for field in dataclasses.fields(cls):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+        assert field.metadata.get("help"), f"{field.name} has no help text"
