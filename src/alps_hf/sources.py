@@ -66,11 +66,14 @@ def _file_item(path: Path, shown: str) -> ImageItem:
     return ImageItem(source=shown, load=lambda: _read_file(path))
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    """Every regular, non-hidden file under folder, sorted by relative POSIX path."""
+def list_image_files(folder: Path, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Every regular, non-hidden file under folder, sorted by relative POSIX path; the folder `exclude`
+    (the run's output, when it lies inside an input folder) is skipped."""
+    skip = Path(exclude).resolve() if exclude is not None else None
     files = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs
+                         if not d.startswith(".") and (skip is None or (Path(root) / d).resolve() != skip))
         files += [Path(root) / n for n in names if not n.startswith(".")]
     return sorted((f for f in files if f.is_file()), key=lambda p: p.relative_to(folder).as_posix())
 
@@ -121,8 +124,12 @@ def _pick_split(obj, name: str, split: str):
     return obj
 
 
-def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = "image") -> InputSet:
-    """Turn the command's inputs into a sorted list of items; raise InputError when there is nothing to read."""
+def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = "image",
+                   exclude: str | os.PathLike | None = None) -> InputSet:
+    """Turn the command's inputs into a sorted list of items; raise InputError when there is nothing to read.
+
+    `exclude`: a folder never read as input (the output folder: it may lie inside an input folder).
+    """
     if len(inputs) == 1:
         target = inputs[0]
         path = Path(target)
@@ -140,7 +147,7 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
                 except ValueError as err:
                     raise InputError(f"cannot read split {split!r} of dataset folder {target}: {err}") from None
                 return InputSet(_dataset_items(ds, target, split, image_column), f"load_dataset({target!r})")
-            files = list_image_files(path)
+            files = list_image_files(path, exclude)
             if not files:
                 raise InputError(f"input folder {target} holds no files; point to a folder with images")
             items = [_file_item(f, f.relative_to(path).as_posix()) for f in files]
@@ -163,7 +170,7 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
     for p in inputs:
         path = Path(p)
         if path.is_dir():
-            items += [_file_item(f, f.as_posix()) for f in list_image_files(path)]
+            items += [_file_item(f, f.as_posix()) for f in list_image_files(path, exclude)]
         else:
             items.append(_file_item(path, path.as_posix()))
     if not items:
