@@ -303,7 +303,7 @@ def run_label(cfg: LabelConfig) -> int:
 
     output = Path(cfg.output)
     ensure_empty_or_resumable(output, cfg.resume, cfg.overwrite)
-    inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column)
+    inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column, exclude=output)
     sam_config = load_sam_config(cfg.sam, cfg.sam_revision)
     given_clusters = None
     if cfg.clusters:
