@@ -584,3 +584,19 @@ def test_help_explains_every_flag(command, capsys):
     for field in dataclasses.fields(cls):
         assert "--" + field.name.replace("_", "-") in text, field.name
         assert field.metadata.get("help"), f"{field.name} has no help text"
+
+
+def test_output_inside_the_input_folder(blocks_dir, tiny_sam_dir, tmp_path, count_generated):
+    folder = tmp_path / "tiles"
+    shutil.copytree(blocks_dir, folder)
+    out = folder / "pseudo"
+    args = ["--num-clusters", "3", "--shard-size", "2", *TINY]
+    assert label(folder, out, tiny_sam_dir, *args) == 0
+    check_dataset(out, 3, [f"img_{i}.png" for i in range(4)])
+    # resuming or overwriting does not read the output's own files as inputs
+    assert label(folder, out, tiny_sam_dir, *args, "--resume") == 0
+    assert len(count_generated) == 4
+    assert label(folder, out, tiny_sam_dir, *args, "--overwrite") == 0
+    assert len(count_generated) == 8
+    check_dataset(out, 3, [f"img_{i}.png" for i in range(4)])
+    assert failures(out) == {}

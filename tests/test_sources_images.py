@@ -158,3 +158,14 @@ def test_saved_dataset_and_hub_layout_inputs(tmp_path):
 def test_hub_id_offline_fails_with_input_error():
     with pytest.raises(InputError, match="not a local path, and loading it as a Hub dataset failed"):
         resolve_inputs(["someone/no-such-dataset-xyz"])
+
+
+def test_excluded_folder_is_not_listed(tmp_path):
+    img = np.zeros((4, 4, 3), np.uint8)
+    for rel in ["a.png", "out/data/x.png", "out/README.md", "sub/b.png", "sub/out/c.png"]:
+        write_png(tmp_path / rel, img) if rel.endswith(".png") else (tmp_path / rel).write_text("x")
+    names = [p.relative_to(tmp_path).as_posix() for p in list_image_files(tmp_path, exclude=tmp_path / "out")]
+    assert names == ["a.png", "sub/b.png", "sub/out/c.png"]  # only that folder, not every folder named "out"
+    inputs = resolve_inputs([str(tmp_path)], exclude=str(tmp_path / "sub" / ".." / "out"))
+    assert [it.source for it in inputs.items] == names
+    assert len(resolve_inputs([str(tmp_path), str(tmp_path / "a.png")], exclude=tmp_path / "out").items) == 4
