@@ -177,3 +177,16 @@ def test_loss_falls_on_real_dubai_tiles(dubai_dir, tmp_path):
     losses = [h["loss"] for h in json.loads((out / "metrics.json").read_text())["history"]]
     assert len(losses) == 24
     assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4]), losses
+
+
+def test_pretrain_push_to_hub_publishes_the_finished_folder(pseudo, tmp_path, monkeypatch):
+    import alps_hf.publish
+
+    calls = []
+    monkeypatch.setattr(alps_hf.publish, "push_to_hub",
+                        lambda folder, repo_id, **kw: calls.append((str(folder), repo_id, kw)))
+    ckpt = tmp_path / "ckpt"
+    assert main(["pretrain", *seg_args(pseudo, ckpt, "--max-steps", "1", "--checkpointing-steps", "0",
+                                       "--eval-steps", "0", "--push-to-hub", "alps/tiny-test", "--private")]) == 0
+    assert calls == [(str(ckpt), "alps/tiny-test", {"private": True})]
+    assert (ckpt / "model.safetensors").is_file()  # pushed after the folder was complete

@@ -61,15 +61,27 @@ STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete
 # Entry points of the CLI
 
 
+def _push(config: TrainConfig) -> None:
+    """--push-to-hub: publish the finished output folder from the main process only."""
+    from accelerate import PartialState
+
+    if config.push_to_hub and PartialState().is_main_process:
+        from .publish import push_to_hub
+
+        push_to_hub(config.output, config.push_to_hub, private=config.private)
+
+
 def run_pretrain(config: TrainConfig) -> int:
     """`alps-hf pretrain`: train on pseudo-labels (the K pseudo-classes of `alps-hf label`)."""
     train(config, task="pretrain")
+    _push(config)
     return 0
 
 
 def run_finetune(config: TrainConfig) -> int:
     """`alps-hf finetune`: train on labeled data, usually from an ALPS checkpoint (`--init`)."""
     train(config, task="finetune")
+    _push(config)
     return 0
 
 

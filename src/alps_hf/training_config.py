@@ -59,6 +59,8 @@ class TrainConfig:
     checkpoints_total_limit: int = arg(2, help="Keep the last M checkpoints.")
     resume: str | None = arg(None, help="Resume from 'latest' (in <output>/checkpoints) or a checkpoint folder.")
     overwrite: bool = arg(False, help="Allow writing into an existing --output folder.")
+    push_to_hub: str | None = arg(None, help="After training, publish --output to this Hub model repo id.")
+    private: bool = arg(False, help="With --push-to-hub: create the repo private.")
     eval_steps: int = arg(500, help="Evaluate every N optimizer steps (0: only at the end).")
     max_eval_samples: int | None = arg(None, help="Evaluate on at most this many examples.")
     logging_steps: int = arg(10, help="Log loss / lr to the trackers every N optimizer steps.")
