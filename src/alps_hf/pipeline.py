@@ -238,8 +238,9 @@ def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards
 
 
 # ---- K-means + pass 2 (shared by label and recluster) -----------------------------------------------
-def fit_clusters(work: WorkDir, num_shards: int, k: int, seed: int, normalization: str, batch_size: int,
-                 passes: int, metadata: dict) -> ClusterModel:
+def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig) -> ClusterModel:
+    """K-means over the work shards' features with the K-means settings of cfg (label and recluster)."""
+    k = cfg.num_clusters
     total = sum(work.shard_summary(s)["masks"] for s in range(num_shards))
     if total < k:
         fix = f"use --num-clusters {total} or fewer" if total >= 2 else "loosen the mask filters"
@@ -247,8 +248,11 @@ def fit_clusters(work: WorkDir, num_shards: int, k: int, seed: int, normalizatio
             f"--num-clusters {k} is larger than the number of masks found ({total}); {fix} (the SAM pass is "
             "saved: the same command with --resume and a smaller --num-clusters reuses it), or label more images"
         )
-    return fit_online_kmeans(lambda: work.iter_features(num_shards), k, seed=seed, normalization=normalization,
-                             batch_size=batch_size, passes=passes, metadata=metadata)
+    metadata = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": cfg.sam,
+                "sam_revision": cfg.sam_revision, "alps_hf_version": __version__}
+    return fit_online_kmeans(lambda: work.iter_features(num_shards), k, seed=cfg.seed,
+                             normalization=cfg.feature_normalization, batch_size=cfg.kmeans_batch_size,
+                             passes=cfg.kmeans_passes, metadata=metadata)
 
 
 def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, split: str,
@@ -346,12 +350,8 @@ def run_label(cfg: LabelConfig) -> int:
     state.wait_for_everyone()
     t_pass1 = time.perf_counter()
 
-    meta = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": cfg.sam,
-            "sam_revision": cfg.sam_revision, "alps_hf_version": __version__}
     if state.is_main_process:
-        clusters = given_clusters or fit_clusters(work, len(ranges), cfg.num_clusters, cfg.seed,
-                                                  cfg.feature_normalization, cfg.kmeans_batch_size,
-                                                  cfg.kmeans_passes, meta)
+        clusters = given_clusters or fit_clusters(work, len(ranges), cfg)
         clusters.save(work.root)
     state.wait_for_everyone()
     clusters = ClusterModel.load(work.root)
@@ -422,12 +422,8 @@ def run_recluster(cfg: ReclusterConfig) -> int:
             setattr(label_cfg, name, getattr(cfg, name))
     state = PartialState()
     t0 = time.perf_counter()
-    meta = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": label_cfg.sam,
-            "sam_revision": label_cfg.sam_revision, "alps_hf_version": __version__}
     if state.is_main_process:
-        clusters = fit_clusters(work, num_shards, label_cfg.num_clusters, label_cfg.seed,
-                                label_cfg.feature_normalization, label_cfg.kmeans_batch_size,
-                                label_cfg.kmeans_passes, meta)
+        clusters = fit_clusters(work, num_shards, label_cfg)
         clusters.save(work.root)
     state.wait_for_everyone()
     clusters = ClusterModel.load(work.root)
