@@ -37,3 +37,38 @@ def toy_sam_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def scenes_dir(shared_dir) -> Path:
     return shared_dir / "data" / "synthetic_scenes"
+
+
+@pytest.fixture
+def no_sam(monkeypatch):
+    """Make any attempt to load SAM weights fail the test; yields the list of attempts."""
+    import transformers
+
+    from alps_hf.mask_generator import MaskGenerator
+
+    calls = []
+
+    def refuse(cls, *args, **kwargs):
+        calls.append(args)
+        raise AssertionError(f"SAM must not be loaded here ({cls.__name__}.from_pretrained{args})")
+
+    monkeypatch.setattr(MaskGenerator, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(transformers.SamModel, "from_pretrained", classmethod(refuse))
+    yield calls
+    assert calls == []
+
+
+@pytest.fixture
+def count_generated(monkeypatch):
+    """Count the images that go through MaskGenerator.generate."""
+    from alps_hf.mask_generator import MaskGenerator
+
+    seen: list[tuple[int, int]] = []
+    original = MaskGenerator.generate
+
+    def spy(self, images):
+        seen.extend(img.shape[:2] for img in images)
+        return original(self, images)
+
+    monkeypatch.setattr(MaskGenerator, "generate", spy)
+    return seen

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config_utils import arg, dashed
+from .config_utils import arg
 from .errors import ConfigError
+from .rasters import MIN_TILE_SIZE, validate_tiling
+
+# Window side used for GeoTIFF-family scenes when --tile-size is not given.
+DEFAULT_TILE_SIZE = 1024
 
 NORMALIZATIONS = ("l2", "none")
 
@@ -20,7 +24,6 @@ def _check_fraction(name: str, value: float, flag: str) -> None:
         raise ConfigError(f"{name}={value} is outside [0, 1]; pass a value between 0 and 1 with {flag}")
 
 
-@dashed
 @dataclass
 class LabelConfig:
     """Everything `alps-hf label` needs: inputs, SAM, mask generation, clustering, output."""
@@ -70,6 +73,25 @@ class LabelConfig:
         "Masks are made at most this many pixels on their long side; larger images are labeled at that size and "
         "the maps scaled up (nearest) to the original size. SAM sees 1024 px anyway.",
     )
+    tile_size: int | None = arg(
+        None,
+        "Cut images wider or taller than this many pixels into overlapping windows, each labeled as one row "
+        "(source `<scene>#window=x0,y0,x1,y1`, coordinates in `meta`); masks cut by a window edge are resolved "
+        "by the centre-ownership seam rule (README). GeoTIFF / TIFF / VRT / JP2 scenes are always read by "
+        f"window (at {DEFAULT_TILE_SIZE} px when this is not given) with the geo extra installed. "
+        f"{MIN_TILE_SIZE}..--max-mask-side.",
+    )
+    tile_overlap: int = arg(128, "Overlap of neighbouring windows in pixels (0 <= overlap < tile size).")
+    bands: list[int] | None = arg(
+        None,
+        "GeoTIFF bands to read, 1-based: one (grey) or three in R G B order, e.g. --bands 4 3 2. Default: the "
+        "bands described as red, green, blue, else 1 2 3.",
+    )
+    stitch: bool = arg(
+        False,
+        "Also write one full-size label raster per windowed scene to <output>/stitched/ (GeoTIFF with the "
+        "scene's CRS and transform for rasterio-read scenes, PNG otherwise) and an index.json.",
+    )
     image_batch_size: int = arg(4, "Images encoded together by the SAM image encoder.")
     shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).")
     max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).")
@@ -115,9 +137,32 @@ class LabelConfig:
             raise ConfigError(f"--dtype {self.dtype!r} is unknown; choose auto, float32, bfloat16 or float16")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+        self._check_tiling()
+
+    @property
+    def window_size(self) -> int:
+        """The window side actually used: --tile-size, else the GeoTIFF default (capped by --max-mask-side)."""
+        return self.tile_size if self.tile_size is not None else min(DEFAULT_TILE_SIZE, self.max_mask_side)
+
+    def _check_tiling(self) -> None:
+        # Without --tile-size the GeoTIFF default is checked when such a scene is found (sources.py).
+        if self.tile_size is not None:
+            validate_tiling(self.tile_size, self.tile_overlap)
+        if self.tile_size is not None and self.tile_size > self.max_mask_side:
+            raise ConfigError(
+                f"--tile-size {self.tile_size} is larger than --max-mask-side {self.max_mask_side}: windows must be "
+                f"labeled at full resolution for the seam rule; lower --tile-size or raise --max-mask-side"
+            )
+        if self.bands is not None:
+            bands = list(self.bands)
+            if len(bands) not in (1, 3) or any(not isinstance(b, int) or b < 1 for b in bands):
+                raise ConfigError(
+                    f"--bands {bands} is not allowed: give 1 band (grey) or 3 bands (R G B order) as 1-based "
+                    "indices, e.g. --bands 4 3 2"
+                )
+            self.bands = bands
 
 
-@dashed
 @dataclass
 class ReclusterConfig:
     """`alps-hf recluster FOLDER --num-clusters K`: new pseudo-classes from the stored mask features."""

@@ -1,27 +1,15 @@
-"""Helpers shared by every config dataclass: dashed flag aliases, JSON round trip."""
+"""Helpers shared by every config dataclass: fields with help text, JSON round trip.
+
+(HfArgumentParser itself gives every `foo_bar` field the extra flag `--foo-bar`.)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import types
 from pathlib import Path
 from typing import Any
-
-
-def dashed(cls):
-    """Class decorator: give every `foo_bar` field the extra flag `--foo-bar` in HfArgumentParser."""
-    for f in dataclasses.fields(cls):
-        if "_" in f.name:
-            meta = dict(f.metadata)
-            aliases = list(meta.get("aliases", []))
-            alias = "--" + f.name.replace("_", "-")
-            if alias not in aliases:
-                aliases.append(alias)
-            meta["aliases"] = aliases
-            f.metadata = types.MappingProxyType(meta)
-    return cls
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:

@@ -42,13 +42,14 @@ from .errors import AlpsError, ConfigError, InputError
 from .features import mask_features
 from .mask_generator import MaskGenerator, MaskGeneratorConfig
 from .segment_map import paint_segments
-from .sources import ImageItem, LoadedImage, resolve_inputs
+from .rasters import Window, resolve_seams, window_from_meta
+from .sources import ImageItem, LoadedImage, Tiling, resolve_inputs
 from .workdir import WorkDir, ensure_empty_or_resumable, input_fingerprint, shard_ranges, split_for_process
 
 PASS1_FIELDS = ("sam", "sam_revision", "split", "image_column", "points_per_side", "pred_iou_thresh",
                 "stability_score_thresh", "stability_score_offset", "mask_threshold", "box_nms_thresh",
                 "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
-                "max_area_fraction", "min_area", "max_mask_side", "shard_size")
+                "max_area_fraction", "min_area", "max_mask_side", "shard_size", "tile_size", "tile_overlap", "bands")
 
 
 def generator_config(cfg: LabelConfig) -> MaskGeneratorConfig:
@@ -150,18 +151,30 @@ class Pass1Runner:
     def __init__(self, generator: MaskGenerator, cfg: LabelConfig):
         self.generator = generator
         self.cfg = cfg
-        self.timings: dict[str, float] = {"decode_wait": 0.0, "features": 0.0, "painting": 0.0, "writing": 0.0}
+        self.timings: dict[str, float] = {"decode_wait": 0.0, "seams": 0.0, "features": 0.0, "painting": 0.0,
+                                          "writing": 0.0}
+
+    def _window(self, loaded: LoadedImage) -> Window | None:
+        """The window a row was cut from (None for an ordinary image)."""
+        if "window" not in loaded.meta:
+            return None
+        return window_from_meta(loaded.meta, self.cfg.window_size, self.cfg.tile_overlap)
 
     def _records(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[dict]:
         works = [_work_image(loaded, self.cfg.max_mask_side) for _, _, loaded in batch]
         outputs = self.generator.generate([rgb for rgb, _ in works])
         records = []
         for (index, item, loaded), (_, valid), out in zip(batch, works, outputs, strict=True):
+            t_seam = time.perf_counter()
+            masks = out.masks
+            window = self._window(loaded)
+            if window is not None:  # drop masks cut by the window or owned by a neighbour (rasters.py)
+                masks = resolve_seams(masks, window)
             t0 = time.perf_counter()
-            feats = mask_features(out.masks.masks, out.embedding, out.frame)
+            feats = mask_features(masks.masks, out.embedding, out.frame)
             t1 = time.perf_counter()
-            valid_t = None if valid is None else torch.as_tensor(valid, device=out.masks.masks.device)
-            seg = paint_segments(out.masks, valid_t)
+            valid_t = None if valid is None else torch.as_tensor(valid, device=masks.masks.device)
+            seg = paint_segments(masks, valid_t)
             segments = seg.segments.cpu().numpy().astype(np.uint16)
             h, w = loaded.rgb.shape[:2]
             if segments.shape != (h, w):
@@ -175,11 +188,12 @@ class Pass1Runner:
                 "meta": json.dumps(loaded.meta, sort_keys=True),
                 "segments_png": encode_png(segments),
                 "segment_area": area.astype(np.int64).tolist(),
-                "segment_iou": out.masks.iou_scores[idx].cpu().float().tolist(),
-                "segment_stability": out.masks.stability[idx].cpu().float().tolist(),
+                "segment_iou": masks.iou_scores[idx].cpu().float().tolist(),
+                "segment_stability": masks.stability[idx].cpu().float().tolist(),
                 "features": feats[idx].cpu().numpy().astype(np.float16).tobytes(),
                 "feature_dim": int(feats.shape[1]),
             })
+            self.timings["seams"] += t0 - t_seam
             self.timings["features"] += t1 - t0
             self.timings["painting"] += t2 - t1
             self.timings["writing"] += time.perf_counter() - t2
@@ -307,7 +321,8 @@ def run_label(cfg: LabelConfig) -> int:
 
     output = Path(cfg.output)
     ensure_empty_or_resumable(output, cfg.resume, cfg.overwrite)
-    inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column, exclude=output)
+    tiling = Tiling(cfg.tile_size, cfg.window_size, cfg.tile_overlap, cfg.bands)
+    inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column, exclude=output, tiling=tiling)
     sam_config = load_sam_config(cfg.sam, cfg.sam_revision)
     given_clusters = None
     if cfg.clusters:
@@ -363,11 +378,21 @@ def run_label(cfg: LabelConfig) -> int:
     info = finish_folder(output, work, len(ranges), clusters, names, dataset_info_base(cfg, inputs.description),
                          cfg.preview_images)
     stats = info["stats"]
+    t_finish = time.perf_counter()
+    stitched = {}
+    if cfg.stitch:
+        from .stitch import stitch_parquet
+
+        stitched = stitch_parquet(names, output / "stitched", cfg.window_size, cfg.tile_overlap)
     seconds = {"load_model": t_loaded - t_start, "pass1": t_pass1 - t_loaded, "kmeans": t_kmeans - t_pass1,
-               "pass2": t_pass2 - t_kmeans, "finish": time.perf_counter() - t_pass2,
+               "pass2": t_pass2 - t_kmeans, "finish": t_finish - t_pass2,
+               **({"stitch": time.perf_counter() - t_finish} if cfg.stitch else {}),
                **{f"pass1.{k}": v for k, v in generator.timings.items()},
                **{f"pass1.{k}": v for k, v in runner.timings.items()}}
-    print_summary(output, total, stats, seconds)
+    print_summary(output, total, stats, seconds, scenes=inputs.scenes)
+    if cfg.stitch:
+        print(f"  stitched: {len(stitched)} scene raster(s) in {output / 'stitched'}"
+              + ("" if stitched else " (no input was cut into windows: nothing to stitch)"))
     if cfg.push_to_hub:
         from .publish import push_to_hub
 
@@ -384,10 +409,11 @@ def dataset_info_base(cfg: LabelConfig, description: str) -> dict:
                                                              "batch_size": cfg.kmeans_batch_size}}
 
 
-def print_summary(output: Path, total: int, stats: dict, seconds: dict) -> None:
+def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: int = 0) -> None:
+    windows = f" (including the windows of {scenes} scene(s) cut by --tile-size)" if scenes else ""
     lines = [
         f"alps-hf: wrote {output}",
-        f"  images: {total} in, {stats['images']} labeled, {stats['failed']} skipped (see failures.jsonl), "
+        f"  images: {total} in{windows}, {stats['images']} labeled, {stats['failed']} skipped (see failures.jsonl), "
         f"{stats['images_without_masks']} without any mask",
         f"  masks: {stats['masks_total']} ({stats['masks_per_image_mean']:.1f} per image), "
         f"pixel coverage {100 * stats['pixel_coverage']:.1f} %",

@@ -39,7 +39,7 @@ from .cards import (
     render_dataset_card,
     render_model_card,
 )
-from .config_utils import arg, dashed
+from .config_utils import arg
 from .errors import ConfigError, PublishError
 
 Kind = Literal["dataset", "model"]
@@ -59,7 +59,6 @@ KEPT_HIDDEN = (".gitattributes",)
 _SHARD = re.compile(r"^data/(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 
 
-@dashed
 @dataclass
 class PushConfig:
     """Flags of `alps-hf push`."""

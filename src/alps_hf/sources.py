@@ -52,6 +52,81 @@ class ImageItem:
 class InputSet:
     items: list[ImageItem]
     description: str
+    scenes: int = 0  # files cut into windows (each window is one of `items`)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How files are cut into windows (see `alps_hf.rasters`).
+
+    Attributes:
+        tile_size: --tile-size; None = only GeoTIFF-family scenes are windowed, at `window_size`.
+        window_size: the window side used (tile_size, or the GeoTIFF default).
+        overlap: --tile-overlap.
+        bands: --bands (1-based), or None for the default choice.
+    """
+
+    tile_size: int | None
+    window_size: int
+    overlap: int
+    bands: list[int] | None = None
+
+
+def _failing_item(source: str, error: Exception) -> ImageItem:
+    def load() -> LoadedImage:
+        raise error
+
+    return ImageItem(source, load)
+
+
+def _window_item(source: str, shown_scene: str, loader: Callable) -> ImageItem:
+    def load() -> LoadedImage:
+        window = loader()
+        meta = {**window.meta, "scene": shown_scene}
+        return LoadedImage(rgb=window.rgb, image_bytes=window.image_bytes, valid=window.valid, meta=meta)
+
+    return ImageItem(source, load)
+
+
+def _path_items(path: Path, shown: str, tiling: Tiling | None) -> list[ImageItem]:
+    """The items of one file: itself, or one item per window when tiling applies to it.
+
+    A scene whose header cannot be read becomes one failing item (listed in failures.jsonl);
+    configuration problems (a band the scene lacks, rasterio missing for --tile-size) raise.
+    """
+    from . import rasters
+
+    if tiling is None:
+        return [_file_item(path, shown)]
+    if rasters.uses_rasterio(path):
+        from .geo import rasterio_available
+
+        if not rasterio_available():
+            if tiling.tile_size is None and tiling.bands is None:
+                return [_file_item(path, shown)]  # read whole by PIL, as any image
+            raise InputError(
+                f"{shown}: --tile-size / --bands read TIFF-family scenes through rasterio, which is not installed; "
+                "pip install 'alps_hf[geo]'"
+            )
+    elif not (tiling.tile_size is not None and rasters.wants_windows(path, tiling.tile_size)):
+        return [_file_item(path, shown)]
+    bands = tiling.bands if rasters.uses_rasterio(path) else None
+    try:
+        windows = rasters.scene_windows(path, tiling.window_size, tiling.overlap, bands)
+    except ImageError as err:
+        return [_failing_item(shown, err)]
+    prefix = len(str(path))
+    return [_window_item(shown + source[prefix:], shown, loader) for source, loader in windows]
+
+
+def _expand(files: list[tuple[Path, str]], tiling: Tiling | None) -> tuple[list[ImageItem], int]:
+    items: list[ImageItem] = []
+    scenes = 0
+    for path, shown in files:
+        got = _path_items(path, shown, tiling)
+        scenes += got[0].source != shown
+        items += got
+    return items, scenes
 
 
 def _read_file(path: Path) -> LoadedImage:
@@ -66,16 +141,40 @@ def _file_item(path: Path, shown: str) -> ImageItem:
     return ImageItem(source=shown, load=lambda: _read_file(path))
 
 
+# GDAL sidecars: read by GDAL together with their scene, never images of their own.
+_SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk")
+_WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".jgw", ".pgw", ".wld", ".prj")
+
+
+def _drop_sidecars(files: list[Path]) -> list[Path]:
+    """Files minus GDAL sidecars of another listed file (`x.tif.aux.xml`, `x.tif.ovr`, `x.tif.msk`,
+    and world / projection files `x.tfw`, `x.prj`, ... beside an image `x.*`)."""
+    names = {f.as_posix() for f in files}
+    stems = {f.with_suffix("").as_posix() for f in files if f.suffix.lower() not in _WORLD_FILE_SUFFIXES}
+
+    def sidecar(f: Path) -> bool:
+        text = f.as_posix()
+        lower = text.lower()
+        for suffix in _SIDECAR_SUFFIXES:
+            if lower.endswith(suffix) and text[: -len(suffix)] in names:
+                return True
+        return f.suffix.lower() in _WORLD_FILE_SUFFIXES and f.with_suffix("").as_posix() in stems
+
+    return [f for f in files if not sidecar(f)]
+
+
 def list_image_files(folder: Path, exclude: str | os.PathLike | None = None) -> list[Path]:
     """Every regular, non-hidden file under folder, sorted by relative POSIX path; the folder `exclude`
-    (the run's output, when it lies inside an input folder) is skipped."""
+    (the run's output, when it lies inside an input folder) is skipped, and so are GDAL sidecars of a
+    listed scene (`x.tif.aux.xml`, `x.tif.ovr`, `x.tfw`, ...), which GDAL reads with the scene."""
     skip = Path(exclude).resolve() if exclude is not None else None
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs
                          if not d.startswith(".") and (skip is None or (Path(root) / d).resolve() != skip))
         files += [Path(root) / n for n in names if not n.startswith(".")]
-    return sorted((f for f in files if f.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+    files = _drop_sidecars([f for f in files if f.is_file()])
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -125,10 +224,13 @@ def _pick_split(obj, name: str, split: str):
 
 
 def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = "image",
-                   exclude: str | os.PathLike | None = None) -> InputSet:
+                   exclude: str | os.PathLike | None = None, tiling: Tiling | None = None) -> InputSet:
     """Turn the command's inputs into a sorted list of items; raise InputError when there is nothing to read.
 
     `exclude`: a folder never read as input (the output folder: it may lie inside an input folder).
+    `tiling`: cut image files into windows (GeoTIFF-family always, others when larger than the tile);
+    the windows of a file follow each other row-major, in the file's place in the sorted order.
+    Dataset inputs are never cut.
     """
     if len(inputs) == 1:
         target = inputs[0]
@@ -150,8 +252,8 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
             files = list_image_files(path, exclude)
             if not files:
                 raise InputError(f"input folder {target} holds no files; point to a folder with images")
-            items = [_file_item(f, f.relative_to(path).as_posix()) for f in files]
-            return InputSet(items, f"folder {path.name or target} ({len(items)} files)")
+            items, scenes = _expand([(f, f.relative_to(path).as_posix()) for f in files], tiling)
+            return InputSet(items, f"folder {path.name or target} ({len(files)} files)", scenes)
         if not path.exists() and _HUB_ID.match(target) and not target.startswith("."):
             from datasets import load_dataset
 
@@ -166,14 +268,15 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
     missing = [p for p in inputs if not Path(p).exists()]
     if missing:
         raise InputError(f"input path {missing[0]} does not exist; pass an existing folder, files or a dataset id")
-    items: list[ImageItem] = []
+    files: list[tuple[Path, str]] = []
     for p in inputs:
         path = Path(p)
         if path.is_dir():
-            items += [_file_item(f, f.as_posix()) for f in list_image_files(path, exclude)]
+            files += [(f, f.as_posix()) for f in list_image_files(path, exclude)]
         else:
-            items.append(_file_item(path, path.as_posix()))
-    if not items:
+            files.append((path, path.as_posix()))
+    if not files:
         raise InputError(f"inputs {inputs} hold no files; point to images")
-    items.sort(key=lambda it: it.source)
-    return InputSet(items, f"{len(items)} files")
+    files.sort(key=lambda f: f[1])
+    items, scenes = _expand(files, tiling)
+    return InputSet(items, f"{len(files)} files", scenes)

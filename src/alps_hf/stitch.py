@@ -285,3 +285,29 @@ def stitch_dataset(dataset, out_dir: str | os.PathLike, tile_size: int, overlap:
             yield row["meta"], row["label"]
 
     return stitch_rows(rows(), out_dir, tile_size, overlap)
+
+
+def stitch_parquet(files: list[str | os.PathLike], out_dir: str | os.PathLike, tile_size: int,
+                   overlap: int) -> dict[str, Path]:
+    """`stitch_rows` over the parquet shards `alps-hf label` wrote (`--stitch`), read a batch at a time.
+
+    Only the `meta` and `label` columns are read, so memory holds one record batch of label PNGs and
+    the windows of the scenes being assembled, never the dataset.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def rows():
+        for file in files:
+            with pq.ParquetFile(file) as shard:
+                for batch in shard.iter_batches(batch_size=64, columns=["meta", "label"]):
+                    for meta, label in zip(batch.column("meta").to_pylist(), batch.column("label").to_pylist(),
+                                           strict=True):
+                        if not meta or '"window"' not in meta:
+                            continue
+                        with Image.open(io.BytesIO(label["bytes"])) as image:
+                            yield meta, np.asarray(image)
+
+    return stitch_rows(rows(), out_dir, tile_size, overlap)

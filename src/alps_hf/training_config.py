@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config_utils import arg, dashed
+from .config_utils import arg
 from .errors import ConfigError
 
 SCHEDULES = ("poly", "cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
 
 
-@dashed
 @dataclass
 class TrainConfig:
     """Pre-training on pseudo-labels (`pretrain`) or fine-tuning on labeled data (`finetune`)."""
@@ -101,7 +100,6 @@ class TrainConfig:
             self.backbone_learning_rate = self.learning_rate / 10
 
 
-@dashed
 @dataclass
 class EvaluateConfig:
     """Score a trained model on a labeled split: mIoU, mean / overall accuracy, per-class IoU."""
