@@ -7,7 +7,9 @@ from huggingface_hub import metadata_load
 
 from alps_hf.cards import (
     card_is_generated,
+    is_hub_reference,
     is_repo_id,
+    public_name,
     render_dataset_card,
     render_model_card,
     write_model_card,
@@ -150,6 +152,15 @@ def test_model_card_without_metrics_says_not_measured(tmp_path):
 )
 def test_repo_id_rule(repo_id, ok):
     assert is_repo_id(repo_id) is ok
+
+
+def test_a_bare_local_folder_name_is_not_a_hub_reference(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pseudo").mkdir()
+    assert is_repo_id("pseudo") and not is_hub_reference("pseudo")
+    assert public_name("pseudo") == "pseudo (local folder)"
+    assert is_hub_reference("alps/isaid-pseudo") and public_name("alps/isaid-pseudo") == "alps/isaid-pseudo"
+    assert is_hub_reference("gone") and public_name(str(tmp_path / "ckpt")) == "ckpt (local folder)"
 
 
 def test_dataset_card_keeps_contract_column_order_and_describes_extra_columns(dataset_folder):

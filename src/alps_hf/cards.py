@@ -112,7 +112,7 @@ def card_is_generated(text: str) -> bool:
 def public_name(value: str | None) -> str | None:
     """A dataset / model reference fit for a public card: Hub ids as they are, local paths by their
     last component only (this machine's directories are nobody's business on the Hub)."""
-    if not value or is_repo_id(value):
+    if not value or is_hub_reference(value):
         return value
     return f"{Path(value).name or value} (local folder)"
 
@@ -120,6 +120,12 @@ def public_name(value: str | None) -> str | None:
 def is_repo_id(value: str | None) -> bool:
     """True when `value` follows the Hub repo id rule (`REPO_ID_RULE`)."""
     return isinstance(value, str) and bool(_REPO_ID.match(value))
+
+
+def is_hub_reference(value: str | None) -> bool:
+    """True when a model / dataset reference names a Hub repo: it follows the repo id rule and is not
+    a local path (a bare `pseudo` or `ckpt` given on the command line is usually a local folder)."""
+    return is_repo_id(value) and not Path(value).exists()
 
 
 def _fmt(value: Any) -> str:
@@ -300,7 +306,7 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     ]
     title = info.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else "ALPS pseudo-labeled dataset")
     sam_url = (
-        f"https://huggingface.co/{sam_model}" if is_repo_id(sam_model) else "https://arxiv.org/abs/2304.02643"
+        f"https://huggingface.co/{sam_model}" if is_hub_reference(sam_model) else "https://arxiv.org/abs/2304.02643"
     )
     return {
         "title": title,
@@ -461,8 +467,8 @@ def model_card_data(folder: str | Path, repo_id: str | None = None) -> ModelCard
         pipeline_tag="image-segmentation",
         license=training.get("license") or "unknown",
         # Only Hub ids are metadata; a local path would make a broken link on the Hub.
-        datasets=[dataset] if is_repo_id(dataset) else None,
-        base_model=base if is_repo_id(base) else None,
+        datasets=[dataset] if is_hub_reference(dataset) else None,
+        base_model=base if is_hub_reference(base) else None,
         tags=tags,
         metrics=[k for k in _METRIC_NAMES if k in values] or None,
         model_name=(repo_id or folder.resolve().name).split("/")[-1],
@@ -578,9 +584,9 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
         "num_labels": num_labels,
         "label_kind": label_kind,
         "dataset_text": f"[`{dataset}`](https://huggingface.co/datasets/{dataset})"
-        if is_repo_id(dataset)
+        if is_hub_reference(dataset)
         else f"`{dataset}`",
-        "base_text": (f"[`{base}`](https://huggingface.co/{base})" if is_repo_id(base) else f"`{base}`")
+        "base_text": (f"[`{base}`](https://huggingface.co/{base})" if is_hub_reference(base) else f"`{base}`")
         if base
         else "random initialisation",
         "alps_hf_version": training.get("alps_hf_version") or __version__,
