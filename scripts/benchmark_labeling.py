@@ -144,9 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--stability-score-thresh", type=float, default=0.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--repeats", type=int, default=1, help="Passes over the images (floor and full interleaved).")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
     p.add_argument("--json", default="benchmark_labeling.json")
     args = p.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model, processor = build_model(args.model, args.image_size)
     model = model.to(device, getattr(torch, args.dtype)).eval()
@@ -154,30 +158,44 @@ def main(argv=None) -> int:
                               pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh)
     gen = MaskGenerator(model, processor, cfg)
     images = load_images(args.num_images, args.image_size)
-    full_seconds(gen, images[0], {"features": 0.0, "painting": 0.0, "writing": 0.0})  # warm-up
+    # Warm-up (allocator, kernels) on a 4x4 grid: a full 32x32 warm-up at ViT-B size costs minutes on CPU.
+    cfg.points_per_side = 4
+    full_seconds(gen, images[0], {"features": 0.0, "painting": 0.0, "writing": 0.0})
     floor_seconds(gen, images[0])
+    cfg.points_per_side = args.points_per_side
     gen.timings.clear()
     gen.counts.clear()
 
-    floor = sum(floor_seconds(gen, img) for img in images)
-    floor_timings = dict(gen.timings)
-    gen.timings.clear()
+    # Floor and full pass interleaved image by image (and repeat by repeat), so that a change in machine
+    # load hits both sides of the ratio alike; each side's stage times are kept apart.
+    floor, total, masks = 0.0, 0.0, 0
+    floor_timings: dict[str, float] = {}
+    full_timings: dict[str, float] = {}
     stages = {"features": 0.0, "painting": 0.0, "writing": 0.0}
-    total, masks = 0.0, 0
-    for img in images:
+    runs = [img for _ in range(args.repeats) for img in images]
+    for img in runs:
+        gen.timings.clear()
+        floor += floor_seconds(gen, img)
+        for k, v in gen.timings.items():
+            floor_timings[k] = floor_timings.get(k, 0.0) + v
+        gen.timings.clear()
         seconds, n = full_seconds(gen, img, stages)
+        for k, v in gen.timings.items():
+            full_timings[k] = full_timings.get(k, 0.0) + v
         total += seconds
         masks += n
-    stage_seconds = {**dict(gen.timings), **stages}
+    images = runs
+    stage_seconds = {**full_timings, **stages}
     result = {
-        "model": args.model, "image_size": args.image_size, "num_images": args.num_images,
+        "model": args.model, "image_size": args.image_size, "num_images": args.num_images, "repeats": args.repeats,
         "points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch,
         "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh,
         "device": str(device), "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "masks_per_image": masks / len(images),
-        "masks_decoded": gen.counts.get("masks_decoded", 0), "masks_upsampled": gen.counts.get("masks_upsampled", 0),
+        "masks_decoded_per_image": gen.counts.get("masks_decoded", 0) / len(images),
+        "masks_upsampled_per_image": gen.counts.get("masks_upsampled", 0) / len(images),
         "stage_seconds_per_image": {k: v / len(images) for k, v in sorted(stage_seconds.items())},
         "floor_seconds_per_image": floor / len(images),
         "floor_stage_seconds_per_image": {k: v / len(images) for k, v in floor_timings.items()},

@@ -219,7 +219,9 @@ class MaskGenerator:
             with self._timed("upsample"):
                 full = F.interpolate(chunk[:, None], (frame.padded, frame.padded), mode="bilinear", align_corners=False)
                 full = full[..., : frame.resized[0], : frame.resized[1]]
-                full = F.interpolate(full, (crop_h, crop_w), mode="bilinear", align_corners=False)[:, 0]
+                if (crop_h, crop_w) != frame.resized:  # a same-size bilinear resize is the identity: skip it
+                    full = F.interpolate(full, (crop_h, crop_w), mode="bilinear", align_corners=False)
+                full = full[:, 0]
             with self._timed("filter"):
                 stab = amg.stability_score(full, cfg.mask_threshold, cfg.stability_score_offset)
                 masks = full > cfg.mask_threshold
