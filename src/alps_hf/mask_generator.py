@@ -125,6 +125,19 @@ class MaskGenerator:
             torch.cuda.synchronize(self.device)
         self.timings[stage] += time.perf_counter() - start
 
+    def image_problem(self, height: int, width: int) -> str | None:
+        """Why an image of this size cannot go through SAM, or None when it can.
+
+        SAM's processor resizes the long side to the encoder's input size; an image so thin that its short
+        side would round to 0 pixels there (aspect ratio above 2 * input size : 1) has nothing to encode.
+        """
+        scale = self.input_size / max(height, width)
+        short = int(min(height, width) * scale + 0.5)
+        if short >= 1:
+            return None
+        return (f"image is {width}x{height} px, too thin for SAM: its short side would be resized to 0 px at the "
+                f"model's {self.input_size} px input (aspect ratios up to {2 * self.input_size}:1 work); crop or pad it")
+
     # ---- encoder -------------------------------------------------------------------------------
     def embed(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[EmbeddingFrame]]:
         """Preprocess and encode RGB uint8 images in one batch: (B, C, E, E) embeddings and frames."""
