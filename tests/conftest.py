@@ -39,6 +39,14 @@ def scenes_dir(shared_dir) -> Path:
     return shared_dir / "data" / "synthetic_scenes"
 
 
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory) -> Path:
+    """A tiny random SAM (tests/sam_fixtures.py) saved with save_pretrained, with its image processor."""
+    from sam_fixtures import save_tiny_sam
+
+    return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
+
+
 @pytest.fixture
 def no_sam(monkeypatch):
     """Make any attempt to load SAM weights fail the test; yields the list of attempts."""

@@ -14,7 +14,7 @@ import pytest
 from alps_hf.cli import main
 from alps_hf.clustering import ClusterModel
 from label_helpers import TINY, TOY, check_dataset, failures, label, label_bytes, png, rows, run_error
-from sam_fixtures import TINY_CHANNELS, blocks_image, save_tiny_sam, write_odd_images, write_png
+from sam_fixtures import TINY_CHANNELS, blocks_image, write_odd_images, write_png
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------
@@ -27,11 +27,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_sam_dir(tmp_path_factory) -> Path:
-    return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
 
 
 @pytest.fixture(scope="module")

@@ -266,3 +266,65 @@ def test_tiff_without_rasterio(tmp_path, monkeypatch):
     assert [it.source for it in items] == ["s.tif"] and items[0].load().rgb.shape == (40, 50, 3)
     with pytest.raises(InputError, match=r"pip install 'alps_hf\[geo\]'"):
         resolve_inputs([str(tmp_path)], tiling=Tiling(256, 256, 32))
+
+
+# ---- memory follows the window, not the scene, through the whole command ----------------------------
+_LABEL_PROBE = """
+import json, resource, sys
+from alps_hf.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _striped_scene(path: Path, size: int) -> None:
+    """A uint16 3-band GeoTIFF written block-row by block-row, so the test never holds the scene."""
+    from rasterio.windows import Window as RioWindow
+
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16", tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate", crs=CRS, transform=TRANSFORM)
+    with rasterio.open(path, "w", **profile) as dst:
+        xx = np.arange(size)[None, :]
+        for y in range(0, size, 256):
+            yy = np.arange(y, y + 256)[:, None]
+            band = ((xx // 37 + yy // 53) % 7 * 500 + 100).astype(np.uint16)
+            dst.write(np.stack([band, band // 2 + 50, band // 3 + 20]), window=RioWindow(0, y, size, 256))
+
+
+def test_label_memory_is_bounded_by_the_window_not_the_scene(tmp_path, tiny_sam_dir):
+    """`alps-hf label --tile-size 512 --stitch` on a 2048 px and a 4x larger 4096 px uint16 scene, each in a
+    fresh interpreter: decoding the scene whole would add >= 72 MiB of pixels (more with the float copies
+    of the 16-bit scaling); windowed reads, per-shard records and window-by-window stitching do not."""
+    import subprocess
+    import sys
+
+    from alps_hf.clustering import ClusterModel
+    from sam_fixtures import TINY_CHANNELS
+
+    # A given cluster model: no K-means, so the run does not depend on how many masks the random SAM finds.
+    ClusterModel(np.eye(2, TINY_CHANNELS, dtype=np.float32)).save(tmp_path / "clusters")
+    peaks, windows = {}, {}
+    for size in (2048, 4096):
+        scene = tmp_path / f"in{size}" / f"scene{size}.tif"
+        scene.parent.mkdir()
+        _striped_scene(scene, size)
+        out = tmp_path / f"out{size}"
+        argv = ["label", str(scene.parent), "--output", str(out), "--sam", str(tiny_sam_dir), "--clusters",
+                str(tmp_path / "clusters"), "--tile-size", "512", "--tile-overlap", "32", "--shard-size", "8",
+                "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+                "--num-workers", "1", "--image-batch-size", "2", "--preview-images", "1", "--stitch"]
+        result = subprocess.run([sys.executable, "-c", _LABEL_PROBE, *argv], capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        probe = json.loads(result.stdout.strip().splitlines()[-1])
+        assert probe["code"] == 0
+        peaks[size] = probe["peak_mib"]
+        windows[size] = len(rows(out))
+        with rasterio.open(out / "stitched" / f"scene{size}_labels.tif") as src:
+            assert (src.width, src.height) == (size, size) and src.crs == rasterio.crs.CRS.from_string(CRS)
+    assert windows == {2048: len(plan_windows(2048, 2048, 512, 32)), 4096: len(plan_windows(4096, 4096, 512, 32))}
+    growth = peaks[4096] - peaks[2048]
+    decoded_growth = (4096**2 - 2048**2) * 3 * 2 / 2**20  # 72 MiB of uint16 pixels
+    # Measured here: +28 MiB (capped caches: GDAL's 64 MiB block cache, the decimated statistics read);
+    # with the scene decoded whole, +114 MiB.
+    assert growth < decoded_growth / 2, (peaks, growth)
