@@ -129,9 +129,10 @@ def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: P
         if writer is not None:
             writer.close()
     os.replace(tmp, path)
+    # pid: which process wrote the group (multi-process runs); merge_stats ignores it.
     return {"class_pixel_histogram": stats["class_pixel_histogram"].tolist(),
             "class_mask_counts": stats["class_mask_counts"].tolist(), "labeled_pixels": stats["labeled_pixels"],
-            "pixels": stats["pixels"], "masks_per_image": stats["masks_per_image"]}
+            "pixels": stats["pixels"], "masks_per_image": stats["masks_per_image"], "pid": os.getpid()}
 
 
 def merge_stats(parts: list[dict], k: int) -> dict:
@@ -206,7 +207,7 @@ def write_preview(folder: Path, data_files: list[Path], k: int, count: int, heig
         canvas.paste(r, (0, y))
         y += r.height + 4
     path = folder / "preview.png"
-    tmp = folder / ".preview.png.tmp"
+    tmp = folder / f".preview.png.tmp-{os.getpid()}"  # pid: never the temporary of another process
     canvas.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path

@@ -6,6 +6,10 @@ finished when its done marker exists; both are written through a temporary name 
 a killed run never leaves a half-written shard that looks finished. The manifest holds a
 fingerprint of everything that shapes pass 1 (inputs and settings): `--resume` refuses to
 continue when it changed, and says what changed. Pass 2 and `recluster` read only this folder.
+The done marker records the shard's byte size, so a shard whose file does not match its marker (a
+truncated file after a crash) is redone, and the pid of the process that wrote it (multi-process
+runs: which process did which share). A killed run leaves its temporaries (`.name.tmp-<pid>`)
+behind; `WorkDir.clean_temporaries()` removes them before a resumed run writes anything.
 """
 
 from __future__ import annotations
@@ -64,7 +68,42 @@ class WorkDir:
         return self.pass1 / f"shard-{shard:05d}.done"
 
     def is_done(self, shard: int) -> bool:
-        return self.done_path(shard).is_file() and self.shard_path(shard).is_file()
+        """True when the shard's done marker exists and its parquet file has the size the marker recorded.
+
+        A marker that cannot be read, or a file of another size (truncated by a crash before the data
+        reached the disk), means the shard is redone. Markers of older versions carry no size: the file
+        only has to exist.
+        """
+        path = self.shard_path(shard)
+        if not (self.done_path(shard).is_file() and path.is_file()):
+            return False
+        try:
+            summary = self.shard_summary(shard)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(summary, dict):
+            return False
+        return summary.get("bytes") is None or summary["bytes"] == path.stat().st_size
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove what killed runs left half-done in the output folder (this work folder's parent).
+
+        Every write of a run goes through a hidden temporary name (`.name.tmp-<pid>`, `.README.md.tmp`)
+        and a rename; a run killed between the two leaves the temporary behind, and nothing else ever
+        removes it. Call from the main process only, before any process of the resumed run writes:
+        a temporary of a live process would be taken from under it. Returns the removed paths.
+        """
+        removed = []
+        output = self.root.parent
+        if not output.is_dir():
+            return removed
+        for folder, _dirs, names in os.walk(output):
+            for name in names:
+                if name.startswith(".") and ".tmp" in name:
+                    path = Path(folder) / name
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return sorted(removed)
 
     # ---- manifest ------------------------------------------------------------------------------
     def read_manifest(self) -> dict | None:
@@ -94,13 +133,16 @@ class WorkDir:
 
     # ---- pass-1 shards -------------------------------------------------------------------------
     def write_shard(self, shard: int, records: list[dict], summary: dict) -> None:
+        """Write a pass-1 shard, then its done marker: `summary` plus the file's size and the writer's pid."""
         self.pass1.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist(records, schema=PASS1_SCHEMA)
         path = self.shard_path(shard)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(table, tmp)
+        size = tmp.stat().st_size
         os.replace(tmp, path)
-        atomic_write_text(self.done_path(shard), json.dumps(summary, sort_keys=True) + "\n")
+        marker = {**summary, "bytes": size, "pid": os.getpid()}
+        atomic_write_text(self.done_path(shard), json.dumps(marker, sort_keys=True) + "\n")
 
     def read_shard(self, shard: int, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.shard_path(shard), columns=columns)
