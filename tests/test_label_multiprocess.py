@@ -6,10 +6,9 @@ work shard, each process takes three contiguous shards in pass 1 and three in pa
 fits K-means in between. Proof that both processes worked: the done markers and pass-2 group files
 record the pid of their writer, and only the main process prints the summary.
 
-`PartialState()` alone does not read ACCELERATE_USE_CPU (only `Accelerator` does): on a machine without
-a GPU every launched process then believes it is alone and labels everything. The sharding test starts
-the CLI through a two-line entry script that creates `PartialState(cpu=True)` first; the plain
-`-m alps_hf.cli` launch is tested too and expected to fail until run_label asks for the CPU state itself.
+`PartialState()` alone does not read ACCELERATE_USE_CPU (only `Accelerator` does): before
+`pipeline.process_state` asked for the CPU state itself, every launched process believed it was alone and
+labeled everything; this test launches the plain `-m alps_hf.cli` and would catch that again.
 """
 
 from __future__ import annotations
@@ -34,12 +33,6 @@ OUT = "out"
 # --max-shard-bytes 1: one output shard per work shard, so pass 2 is split across the processes too.
 ARGS = ["--num-clusters", "3", "--shard-size", "1", "--max-shard-bytes", "1", *TINY]
 WAIT_S = 300
-ENTRY = """import sys
-from accelerate import PartialState
-PartialState(cpu=True)  # what Accelerator() does under ACCELERATE_USE_CPU=1; PartialState() alone does not
-from alps_hf.cli import main
-sys.exit(main())
-"""
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +82,7 @@ def one_process(tmp_path_factory, sam_dir) -> Path:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, sam_dir) -> tuple[Path, subprocess.CompletedProcess]:
     folder = run_dir(tmp_path_factory, "two")
-    (folder / "entry.py").write_text(ENTRY)
-    done = launch_two(folder, ["entry.py"], sam_dir)
+    done = launch_two(folder, ["-m", "alps_hf.cli"], sam_dir)
     assert done.returncode == 0, done.stderr[-4000:]
     return folder / OUT, done
 
@@ -144,14 +136,3 @@ def test_two_processes_share_the_work(two_processes):
 def test_two_processes_equal_one(two_processes, one_process):
     out, _ = two_processes
     assert_same_result(out, one_process)
-
-
-@pytest.mark.xfail(strict=True, reason="run_label/run_recluster create PartialState() without cpu=True, so under "
-                                       "ACCELERATE_USE_CPU=1 every process runs alone and labels everything "
-                                       "(fix in pipeline.py; remove this mark once it is fixed)")
-def test_plain_cli_under_accelerate_launch_on_cpu(tmp_path_factory, sam_dir, one_process):
-    folder = run_dir(tmp_path_factory, "plain")
-    done = launch_two(folder, ["-m", "alps_hf.cli"], sam_dir)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert_split_over_two_processes(folder / OUT, done.stdout)
-    assert_same_result(folder / OUT, one_process)

@@ -256,8 +256,6 @@ def test_resume_after_kill_equals_uninterrupted_run(point, kill_and_resume, refe
     assert_same_result(out, reference)
 
 
-@pytest.mark.xfail(strict=True, reason="run_label does not call WorkDir.clean_temporaries() on --resume yet "
-                                       "(the call belongs in pipeline.py; remove this mark once it is wired)")
 @pytest.mark.parametrize("point", ["pass1-parquet", "pass1-marker", "pass2"])
 def test_resume_removes_the_temporaries_of_the_killed_run(point, kill_and_resume):
     state, out = kill_and_resume(point)

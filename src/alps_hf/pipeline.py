@@ -335,10 +335,31 @@ def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: Cluste
 
 
 # ---- commands ----------------------------------------------------------------------------------------
+def process_state(device: str | None):
+    """Accelerate's PartialState for this process, CPU launches included.
+
+    A bare `PartialState()` ignores `ACCELERATE_USE_CPU` (only `Accelerator` reads it): under
+    `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` on a machine without GPUs every
+    process would then believe it is alone and label everything. A launch that still does not give the
+    world size it announced is refused rather than silently duplicated.
+    """
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or device == "cpu")
+    announced = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if announced > state.num_processes:
+        raise ConfigError(
+            f"the launcher announced WORLD_SIZE={announced} processes but Accelerate set up {state.num_processes}; "
+            "without GPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`"
+        )
+    return state
+
+
 def run_label(cfg: LabelConfig) -> int:
     """`alps-hf label`: see the module docstring. Returns the exit code (0)."""
-    from accelerate import PartialState
-
     output = Path(cfg.output)
     ensure_empty_or_resumable(output, cfg.resume, cfg.overwrite)
     tiling = Tiling(cfg.tile_size, cfg.window_size, cfg.tile_overlap, cfg.bands)
@@ -355,7 +376,7 @@ def run_label(cfg: LabelConfig) -> int:
                 f"{sam_config.vision_config.output_channels}-d features; use a cluster model made with the same SAM"
             )
 
-    state = PartialState()
+    state = process_state(cfg.device)
     if cfg.overwrite and output.exists() and state.is_main_process:
         shutil.rmtree(output)
     state.wait_for_everyone()
@@ -367,6 +388,8 @@ def run_label(cfg: LabelConfig) -> int:
         work.check_manifest(fingerprint)
     ranges = shard_ranges(len(inputs.items), cfg.shard_size)
     if state.is_main_process:
+        if cfg.resume:  # temporaries of the killed run; main process only, before anyone writes again
+            work.clean_temporaries()
         work.write_manifest({"fingerprint": fingerprint, "num_shards": len(ranges), "alps_hf_version": __version__})
         save_config(cfg, output / "label_config.json", alps_hf_version=__version__)
     state.wait_for_everyone()
@@ -444,7 +467,6 @@ def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: 
 
 def run_recluster(cfg: ReclusterConfig) -> int:
     """`alps-hf recluster`: refit K-means on the stored features and rewrite the labels; SAM is not loaded."""
-    from accelerate import PartialState
 
     output = Path(cfg.folder)
     work = WorkDir(output / "work")
@@ -466,9 +488,10 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     for name in ("seed", "feature_normalization", "kmeans_passes"):
         if getattr(cfg, name) is not None:
             setattr(label_cfg, name, getattr(cfg, name))
-    state = PartialState()
+    state = process_state(None)
     t0 = time.perf_counter()
     if state.is_main_process:
+        work.clean_temporaries()
         clusters = fit_clusters(work, num_shards, label_cfg)
         clusters.save(work.root)
     state.wait_for_everyone()
