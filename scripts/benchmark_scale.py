@@ -11,7 +11,7 @@ clusters) on a fixed number of CPU threads, N in --sizes (default 10^5 and 10^6)
   Target: fit + assign of 10^6 vectors within 60 s on 2 cores.
 Part 2 (--images N, 0 skips it): images/s of `alps-hf label` with the tiny toy SAM from
   ../shared/models/toy-sam on N copies of the synthetic scenes, for 1 process and, under
-  `accelerate launch --cpu`, 2 processes (wall time of the whole command, model load and K-means
+  `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu`, 2 processes (wall time of the whole command, model load and K-means
   included, so small N understates steady-state throughput).
 
 Prints one line per measurement and writes all of them to --output (JSON).
@@ -134,6 +134,14 @@ def _scene_folder(n_images: int, folder: Path) -> Path:
     return folder
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def bench_label(n_images: int, processes: int, threads: int, points_per_side: int, workdir: Path) -> dict:
     """Wall-clock images/s of `alps-hf label` with the toy SAM for 1 or more CPU processes."""
     sam = REPO.parent / "shared" / "models" / "toy-sam"
@@ -143,17 +151,25 @@ def bench_label(n_images: int, processes: int, threads: int, points_per_side: in
         str(images), "--output", str(output), "--sam", str(sam), "--num-clusters", "8",
         "--points-per-side", str(points_per_side), "--device", "cpu", "--overwrite",
         "--preview-images", "0",
+        # Several work shards even for a few images, so that 2 processes have shards to share (same for 1).
+        "--shard-size", str(max(1, n_images // 8)),
         # The toy SAM's scores are low; its README's loosened thresholds give tens of masks per image.
         "--pred-iou-thresh", "0.5", "--stability-score-thresh", "0.8",
     ]
     if processes == 1:
         cmd = [sys.executable, "-m", "alps_hf.cli", "label", *label_args]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+        # `--cpu --num_processes N` silently starts one process; on CPU the gloo launch is --multi_gpu plus
+        # ACCELERATE_USE_CPU=1 (set below).
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "alps_hf.cli", "label", *label_args]
+               "--main_process_port", str(_free_port()), "-m", "alps_hf.cli", "label", *label_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": str(max(1, threads // processes))}
+           "ACCELERATE_USE_CPU": "1",
+           # All three pools, not only OMP: an MKL / OpenBLAS pool left at the parent's size oversubscribes
+           # the cores (measured: 2 processes ran 3x slower than 1 with MKL_NUM_THREADS=2 left over).
+           **{var: str(max(1, threads // processes))
+              for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
     t0 = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
     wall = time.perf_counter() - t0
@@ -161,6 +177,11 @@ def bench_label(n_images: int, processes: int, threads: int, points_per_side: in
               "wall_s": round(wall, 2), "returncode": result.returncode}
     if result.returncode == 0:
         record["images_per_s"] = round(n_images / wall, 3)
+        # Which processes wrote the pass-1 shards (each done marker records its writer's pid): proof that
+        # the work was split, not duplicated.
+        markers = sorted((output / "work" / "pass1").glob("shard-*.done"))
+        record["pass1_writer_processes"] = len({json.loads(m.read_text())["pid"] for m in markers})
+        record["pass1_shards"] = len(markers)
     else:
         record["error_tail"] = (result.stderr or result.stdout)[-800:]
     return record
