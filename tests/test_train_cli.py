@@ -190,3 +190,23 @@ def test_pretrain_push_to_hub_publishes_the_finished_folder(pseudo, tmp_path, mo
                                        "--eval-steps", "0", "--push-to-hub", "alps/tiny-test", "--private")]) == 0
     assert calls == [(str(ckpt), "alps/tiny-test", {"private": True})]
     assert (ckpt / "model.safetensors").is_file()  # pushed after the folder was complete
+
+
+def test_tensorboard_tracker_logs_loss_lr_and_eval(pseudo, tmp_path):
+    """`--report-to tensorboard` goes through accelerate's tracker: the event file holds the logged scalars."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(["pretrain", *seg_args(pseudo, out, "--max-steps", "3", "--eval-steps", "3",
+                                       "--report-to", "tensorboard")]) == 0
+    # the run's scalars under <output>/alps_hf (the hparams summary of the config sits in a subfolder)
+    events = sorted((out / "alps_hf").glob("events.out.tfevents.*"))
+    assert len(events) == 1, sorted(out.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/mean_iou"} <= tags, tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    history = json.loads((out / "metrics.json").read_text())
+    assert acc.Scalars("eval/mean_iou")[-1].value == pytest.approx(history["eval"]["mean_iou"], abs=1e-6)
