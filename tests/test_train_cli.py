@@ -210,3 +210,27 @@ def test_tensorboard_tracker_logs_loss_lr_and_eval(pseudo, tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
     history = json.loads((out / "metrics.json").read_text())
     assert acc.Scalars("eval/mean_iou")[-1].value == pytest.approx(history["eval"]["mean_iou"], abs=1e-6)
+
+
+def test_bf16_mixed_precision_on_cpu(pseudo, tmp_path):
+    """`--mixed-precision bf16` runs the forward pass under autocast on CPU too; the saved weights stay
+    float32 and finite, and the run differs from a float32 run (autocast was really on)."""
+    from accelerate.state import AcceleratorState
+
+    runs = {}
+    try:
+        for precision in ("no", "bf16"):
+            # One process, one precision: the Accelerator state is process-wide, so reset it between runs.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            out = tmp_path / precision
+            assert main(["pretrain", *seg_args(pseudo, out, "--max-steps", "2", "--eval-split", "none",
+                                               "--mixed-precision", precision, "--seed", "3")]) == 0
+            runs[precision] = load_file(str(out / "model.safetensors"))
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert all(np.isfinite(h["loss"]) for h in metrics["history"]), metrics["history"]
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    for name, tensor in runs["bf16"].items():
+        assert tensor.dtype == runs["no"][name].dtype, name
+        assert torch.isfinite(tensor).all(), name
+    assert any(not torch.equal(runs["bf16"][n], runs["no"][n]) for n in runs["no"]), "bf16 changed nothing"
