@@ -39,6 +39,20 @@ def scenes_dir(shared_dir) -> Path:
     return shared_dir / "data" / "synthetic_scenes"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models run fastest on one thread (two spin far slower on a busy
+    2-core machine), and subprocess runs under `accelerate launch` get OMP_NUM_THREADS=1, so in-process
+    runs compared with them must match it (float reductions can differ in the last bit between thread
+    counts). Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_sam_dir(tmp_path_factory) -> Path:
     """A tiny random SAM (tests/sam_fixtures.py) saved with save_pretrained, with its image processor."""

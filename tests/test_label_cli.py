@@ -16,19 +16,10 @@ from alps_hf.clustering import ClusterModel
 from label_helpers import TINY, TOY, check_dataset, failures, label, label_bytes, png, rows, run_error
 from sam_fixtures import TINY_CHANNELS, blocks_image, write_odd_images, write_png
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---- fixtures ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def blocks_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("blocks")

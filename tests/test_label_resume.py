@@ -57,20 +57,10 @@ from alps_hf.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---- fixtures ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Same thread count in-process as in the subprocesses (OMP_NUM_THREADS=1): float reductions, hence
-    SAM scores, can differ in the last bit between thread counts."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sam_dir(tmp_path_factory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
