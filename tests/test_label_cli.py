@@ -49,6 +49,8 @@ def test_label_writes_a_loadable_hub_layout_dataset(labeled, tiny_sam_dir):
     assert meta["feature_dim"] == TINY_CHANNELS and meta["sam_model"] == str(tiny_sam_dir)
     readme = (labeled / "README.md").read_text()
     assert str(tiny_sam_dir) in readme
+    assert "were cut into" not in readme  # no window paragraph when nothing was tiled
+    assert json.loads((labeled / "alps_dataset.json").read_text())["tiling"]["scenes"] == 0
 
 
 def test_original_image_bytes_kept(labeled, blocks_dir):

@@ -103,6 +103,11 @@ def test_one_row_per_window_in_input_order(tiled):
         assert meta["window"] == window.bounds and meta["scene"] == source.split("#")[0]
         assert meta["scene_size"] == list(window.scene_size)
         assert png(row["label"]).shape == png(row["image"]).shape[:2] == (window.height, window.width)
+    info = json.loads((tiled["out"] / "alps_dataset.json").read_text())
+    assert info["tiling"] == {"tile_size": TILE, "window_size": TILE, "tile_overlap": OVERLAP, "bands": [3, 2, 1],
+                              "scenes": 3}
+    card = (tiled["out"] / "README.md").read_text()
+    assert "3 scene(s) were cut into 256 x 256 px windows overlapping by 64 px" in card
     # every input is a row or a failure; the GDAL sidecar is neither
     assert set(failures(tiled["out"])) == {"broken.tif"}
     assert "cannot be opened as a raster" in failures(tiled["out"])["broken.tif"]

@@ -326,6 +326,7 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "generator_rows": [(key, _fmt(generator[key])) for key in GENERATOR_KEYS if key in generator]
         + [(key, _fmt(value)) for key, value in generator.items() if key not in GENERATOR_KEYS],
         "max_area_fraction": _fmt(generator.get("max_area_fraction", 0.3)),
+        "tiling_text": _tiling_text(info.get("tiling") or {}),
         "stat_rows": stat_rows,
         "split_rows": split_rows,
         "top_classes": top_classes,
@@ -336,6 +337,19 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "alps_bibtex": ALPS_BIBTEX,
         "sam_bibtex": SAM_BIBTEX,
     }
+
+
+def _tiling_text(tiling: Mapping[str, Any]) -> str:
+    """How large scenes were cut into windows, for the card ("" when no scene was cut)."""
+    window, scenes = tiling.get("window_size"), tiling.get("scenes") or 0
+    if not window or not scenes:
+        return ""
+    bands = tiling.get("bands")
+    return (f"{scenes} scene(s) were cut into {window} x {window} px windows overlapping by "
+            f"{tiling.get('tile_overlap')} px, one row per window (its scene, window coordinates and, for "
+            "georeferenced scenes, CRS and transform in the `meta` column). A mask cut by a window edge was dropped, "
+            "and a whole mask was kept only by the window whose core holds its centre, so objects are neither split "
+            "nor duplicated at seams." + (f" GeoTIFF bands read: {bands}." if bands else ""))
 
 
 def render_dataset_card(info: Mapping[str, Any], repo_id: str | None = None) -> DatasetCard:

@@ -418,7 +418,8 @@ def run_label(cfg: LabelConfig) -> int:
     t_pass2 = time.perf_counter()
     if not state.is_main_process:
         return 0
-    info = finish_folder(output, work, len(ranges), clusters, names, dataset_info_base(cfg, inputs.description),
+    info = finish_folder(output, work, len(ranges), clusters, names,
+                         dataset_info_base(cfg, inputs.description, inputs.scenes),
                          cfg.preview_images)
     stats = info["stats"]
     t_finish = time.perf_counter()
@@ -443,13 +444,15 @@ def run_label(cfg: LabelConfig) -> int:
     return 0
 
 
-def dataset_info_base(cfg: LabelConfig, description: str) -> dict:
+def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0) -> dict:
     gen = asdict(generator_config(cfg))
     gen.pop("upsample_chunk", None)
     return {"alps_hf_version": __version__, "sam_model": cfg.sam, "sam_revision": cfg.sam_revision,
             "seed": cfg.seed, "source": description, "license": cfg.license, "pretty_name": cfg.pretty_name,
             "split": cfg.split, "generator": gen, "kmeans": {"passes": cfg.kmeans_passes,
-                                                             "batch_size": cfg.kmeans_batch_size}}
+                                                             "batch_size": cfg.kmeans_batch_size},
+            "tiling": {"tile_size": cfg.tile_size, "window_size": cfg.window_size,
+                       "tile_overlap": cfg.tile_overlap, "bands": cfg.bands, "scenes": scenes}}
 
 
 def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: int = 0) -> None:
@@ -502,7 +505,8 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     if not state.is_main_process:
         return 0
     previous = json.loads((output / "alps_dataset.json").read_text()) if (output / "alps_dataset.json").is_file() else {}
-    base = dataset_info_base(label_cfg, previous.get("source", str(output)))
+    base = dataset_info_base(label_cfg, previous.get("source", str(output)),
+                             (previous.get("tiling") or {}).get("scenes", 0))
     info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
     save_config(label_cfg, config_path, alps_hf_version=__version__)
     total = sum(work.shard_summary(s)["images"] for s in range(num_shards))
