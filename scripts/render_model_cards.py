@@ -39,25 +39,11 @@ def _with_banner(card) -> str:
 def dataset_info(repo_id: str, pretty_name: str, source_text: str, citation: str) -> dict:
     """alps_dataset.json as `alps-hf label` would write it for this recipe, with nothing measured."""
     from alps_hf import __version__
+    from alps_hf.cards import GENERATOR_KEYS
     from alps_hf.config import LabelConfig
     from alps_hf.dataset_writer import dataset_features
 
     defaults = LabelConfig.__dataclass_fields__
-    generator_keys = [
-        "points_per_side",
-        "points_per_batch",
-        "pred_iou_thresh",
-        "stability_score_thresh",
-        "stability_score_offset",
-        "box_nms_thresh",
-        "crop_n_layers",
-        "crop_nms_thresh",
-        "crop_overlap_ratio",
-        "crop_n_points_downscale_factor",
-        "max_area_fraction",
-        "min_area",
-        "mask_threshold",
-    ]
     return {
         "alps_hf_version": __version__,
         "sam_model": "facebook/sam-vit-huge",
@@ -69,7 +55,7 @@ def dataset_info(repo_id: str, pretty_name: str, source_text: str, citation: str
         "source_citation": citation,
         "license": None,
         "pretty_name": pretty_name,
-        "generator": {k: defaults[k].default for k in generator_keys},
+        "generator": {k: defaults[k].default for k in GENERATOR_KEYS},
         "splits": {"train": {"num_rows": None, "files": [], "num_bytes": None}},
         "stats": {},
         "features": dataset_features().to_dict(),
