@@ -98,7 +98,8 @@ def _path_items(path: Path, shown: str, tiling: Tiling | None) -> list[ImageItem
 
     if tiling is None:
         return [_file_item(path, shown)]
-    if rasters.uses_rasterio(path):
+    geo_format = rasters.uses_rasterio(path)
+    if geo_format:
         from .geo import rasterio_available
 
         if not rasterio_available():
@@ -110,7 +111,7 @@ def _path_items(path: Path, shown: str, tiling: Tiling | None) -> list[ImageItem
             )
     elif not (tiling.tile_size is not None and rasters.wants_windows(path, tiling.tile_size)):
         return [_file_item(path, shown)]
-    bands = tiling.bands if rasters.uses_rasterio(path) else None
+    bands = tiling.bands if geo_format else None
     try:
         windows = rasters.scene_windows(path, tiling.window_size, tiling.overlap, bands)
     except ImageError as err:

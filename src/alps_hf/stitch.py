@@ -295,6 +295,7 @@ def stitch_parquet(files: list[str | os.PathLike], out_dir: str | os.PathLike, t
     the windows of the scenes being assembled, never the dataset.
     """
     import io
+    import json
 
     import pyarrow.parquet as pq
     from PIL import Image
@@ -305,7 +306,8 @@ def stitch_parquet(files: list[str | os.PathLike], out_dir: str | os.PathLike, t
                 for batch in shard.iter_batches(batch_size=64, columns=["meta", "label"]):
                     for meta, label in zip(batch.column("meta").to_pylist(), batch.column("label").to_pylist(),
                                            strict=True):
-                        if not meta or '"window"' not in meta:
+                        meta = json.loads(meta or "{}")
+                        if "window" not in meta:  # an ordinary image: skip before decoding its label
                             continue
                         with Image.open(io.BytesIO(label["bytes"])) as image:
                             yield meta, np.asarray(image)
