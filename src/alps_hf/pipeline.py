@@ -74,7 +74,8 @@ def load_sam_config(name: str, revision: str | None):
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"unknown SAM model {name!r}: not a local save_pretrained folder and not loadable from the Hub "
-            f"({str(err).splitlines()[0]}). Pass --sam facebook/sam-vit-base (or -large/-huge) or a local folder"
+            f"({str(err).splitlines()[0]}). Check the id (facebook/sam-vit-base, -large, -huge), that the Hub is "
+            "reachable (HF_HUB_OFFLINE unset) or the model is in the local cache, or pass a save_pretrained folder"
         ) from None
     if getattr(config, "model_type", None) != "sam":
         raise ConfigError(f"--sam {name!r} is a {config.model_type!r} model, not SAM")
