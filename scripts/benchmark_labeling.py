@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alps_hf import amg
-from alps_hf.features import mask_features
-from alps_hf.mask_generator import MaskGenerator, MaskGeneratorConfig
-from alps_hf.segment_map import paint_segments
+from alps_hf.sam import amg
+from alps_hf.sam.features import mask_features
+from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
+from alps_hf.sam.segment_map import paint_segments
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

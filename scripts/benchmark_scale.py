@@ -2,7 +2,7 @@
 
 Part 1 (always): K-means over N synthetic 256-d float32 mask features (a mixture of K Gaussian
 clusters) on a fixed number of CPU threads, N in --sizes (default 10^5 and 10^6):
-  * fit: `alps_hf.clustering.fit_online_kmeans`, i.e. sklearn `MiniBatchKMeans.partial_fit`
+  * fit: `alps_hf.labeling.clustering.fit_online_kmeans`, i.e. sklearn `MiniBatchKMeans.partial_fit`
     streamed in --batch-size chunks, --passes passes (the pipeline's code path, L2-normalised),
     and the same partial_fit loop called directly on batch slices (`fit_direct_partial_fit_s`);
   * assign: nearest centroid for every vector, in torch chunks (matmul + argmin), and the
@@ -76,7 +76,7 @@ def bench_kmeans(n: int, dim: int, k: int, batch_size: int, passes: int, seed: i
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.metrics import adjusted_rand_score
 
-    from alps_hf.clustering import fit_online_kmeans
+    from alps_hf.labeling.clustering import fit_online_kmeans
 
     t0 = time.perf_counter()
     x, truth = synthetic_features(n, dim, k, seed)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alps_hf.models import build_image_processor, build_model, resolve_model
-from alps_hf.train import train, training_loss
-from alps_hf.train_data import SegmentationDataset, collate
-from alps_hf.training_config import TrainConfig
+from alps_hf.training.config import TrainConfig
+from alps_hf.training.data import SegmentationDataset, collate
+from alps_hf.training.loop import train, training_loss
+from alps_hf.training.models import build_image_processor, build_model, resolve_model
 
 SMALL_SEGFORMER = {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 2, 4], "decoder_hidden_size": 64}
 

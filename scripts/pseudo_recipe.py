@@ -51,7 +51,7 @@ def write_patches(images: Iterator[tuple[str, np.ndarray]], out_dir: Path, patch
 
     Existing patch files are kept, so an interrupted run continues where it stopped.
     """
-    from alps_hf.patches import cut_patches
+    from alps_hf.geo.patches import cut_patches
 
     out_dir.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -98,8 +98,8 @@ def parser(description: str, repo_id: str, patch: int, overlap: int) -> argparse
 
 def run(args: argparse.Namespace, *, pretty_name: str, source_text: str, source_citation: str) -> Path:
     """Patches -> label -> card with the source citation -> optional push. Returns the dataset folder."""
-    from alps_hf.cards import write_dataset_card
     from alps_hf.cli import main as alps_main
+    from alps_hf.hub.cards import write_dataset_card
 
     output = Path(args.output)
     patches = Path(args.workdir) if args.workdir else output.with_name(output.name + "-patches")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, *, pretty_name: str, source_text: str, source_
     tmp.replace(info_path)
     write_dataset_card(output, repo_id=args.repo_id)
     if args.push:
-        from alps_hf.publish import push_to_hub
+        from alps_hf.hub.publish import push_to_hub
 
         result = push_to_hub(output, args.repo_id, private=args.private)
         print(result.url)

@@ -39,9 +39,9 @@ def _with_banner(card) -> str:
 def dataset_info(repo_id: str, pretty_name: str, source_text: str, citation: str) -> dict:
     """alps_dataset.json as `alps-hf label` would write it for this recipe, with nothing measured."""
     from alps_hf import __version__
-    from alps_hf.cards import GENERATOR_KEYS
-    from alps_hf.config import LabelConfig
-    from alps_hf.dataset_writer import dataset_features
+    from alps_hf.hub.cards import GENERATOR_KEYS
+    from alps_hf.labeling.config import LabelConfig
+    from alps_hf.labeling.writer import dataset_features
 
     defaults = LabelConfig.__dataclass_fields__
     return {
@@ -68,8 +68,8 @@ def model_folder(folder: Path) -> Path:
 
     from alps_hf import __version__
     from alps_hf.config_utils import save_config
-    from alps_hf.models import DEFAULT_BACKBONES
-    from alps_hf.training_config import TrainConfig
+    from alps_hf.training.config import TrainConfig
+    from alps_hf.training.models import DEFAULT_BACKBONES
 
     k = 46
     id2label = {i: f"cluster_{i:02d}" for i in range(k)}
@@ -111,7 +111,7 @@ def render_all() -> dict[str, str]:
     """model_cards/<name>/README.md path (relative) -> text."""
     import build_isaid_pseudo as isaid
     import build_potsdam_pseudo as potsdam
-    from alps_hf.cards import render_dataset_card, render_model_card
+    from alps_hf.hub.cards import render_dataset_card, render_model_card
 
     cards = {}
     for repo_id, pretty, module, citation in [

@@ -66,7 +66,7 @@ def no_sam(monkeypatch):
     """Make any attempt to load SAM weights fail the test; yields the list of attempts."""
     import transformers
 
-    from alps_hf.mask_generator import MaskGenerator
+    from alps_hf.sam.generator import MaskGenerator
 
     calls = []
 
@@ -83,7 +83,7 @@ def no_sam(monkeypatch):
 @pytest.fixture
 def count_generated(monkeypatch):
     """Count the images that go through MaskGenerator.generate."""
-    from alps_hf.mask_generator import MaskGenerator
+    from alps_hf.sam.generator import MaskGenerator
 
     seen: list[tuple[int, int]] = []
     original = MaskGenerator.generate

@@ -84,7 +84,7 @@ def make_dataset_folder(root: Path, rows_per_shard: tuple[int, ...] = (3, 2), sp
     """A labeled dataset folder as `alps-hf label --output root` writes it (plus work/ junk)."""
     from datasets import Dataset
 
-    from alps_hf.cards import write_dataset_card
+    from alps_hf.hub.cards import write_dataset_card
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
@@ -162,7 +162,7 @@ def make_model_folder(
     """A trained model folder as `alps-hf pretrain --output root` writes it; returns (root, model)."""
     from transformers import SegformerImageProcessorPil
 
-    from alps_hf.cards import write_model_card
+    from alps_hf.hub.cards import write_model_card
 
     model = tiny_segformer()
     root.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from alps_hf.cli import main
-from alps_hf.clustering import ClusterModel
+from alps_hf.labeling.clustering import ClusterModel
 
 # Loose thresholds for the random tiny SAM (its masks are noise), NMS off so that there are many masks.
 TINY = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",

@@ -1,4 +1,4 @@
-"""Geometry of automatic mask generation (alps_hf.amg), checked against hand-computed values and
+"""Geometry of automatic mask generation (alps_hf.sam.amg), checked against hand-computed values and
 against a brute-force NMS written here from the definition."""
 
 from fractions import Fraction
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from alps_hf import amg
+from alps_hf.sam import amg
 
 
 def test_point_grid_two_per_side():

@@ -5,7 +5,8 @@ import json
 import pytest
 from huggingface_hub import metadata_load
 
-from alps_hf.cards import (
+from alps_hf.errors import DatasetFormatError
+from alps_hf.hub.cards import (
     card_is_generated,
     is_hub_reference,
     is_repo_id,
@@ -14,7 +15,6 @@ from alps_hf.cards import (
     render_model_card,
     write_model_card,
 )
-from alps_hf.errors import DatasetFormatError
 from hub_fixtures import GENERATOR, K, make_dataset_folder, make_model_folder
 
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from alps_hf.clustering import ClusterModel, fit_online_kmeans, normalize_features, rechunk
 from alps_hf.errors import ClusterModelError, ConfigError
+from alps_hf.labeling.clustering import ClusterModel, fit_online_kmeans, normalize_features, rechunk
 
 
 def blobs(seed: int = 0, n_per: int = 60, dim: int = 8, k: int = 4) -> np.ndarray:

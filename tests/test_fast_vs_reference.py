@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alps_hf import amg
-from alps_hf.mask_generator import MaskGenerator, MaskGeneratorConfig, load_sam_image_processor
+from alps_hf.sam import amg
+from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig, load_sam_image_processor
 
 
 def brute_force_nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> list[int]:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from alps_hf.features import mask_cell_weights, mask_features
-from alps_hf.mask_generator import EmbeddingFrame, MaskGenerator
+from alps_hf.sam.features import mask_cell_weights, mask_features
+from alps_hf.sam.generator import EmbeddingFrame, MaskGenerator
 from sam_fixtures import TINY_INPUT, tiny_sam_model, tiny_sam_processor
 
 

@@ -17,9 +17,9 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.windows import Window as RioWindow  # noqa: E402
 
 from alps_hf.errors import ConfigError, ImageError, InputError  # noqa: E402
-from alps_hf.geo import SCALE_PERCENTILES, open_scene  # noqa: E402
-from alps_hf.rasters import plan_windows, scene_windows  # noqa: E402
-from alps_hf.stitch import Stitcher, label_raster_suffix  # noqa: E402
+from alps_hf.geo.geotiff import SCALE_PERCENTILES, open_scene  # noqa: E402
+from alps_hf.geo.rasters import plan_windows, scene_windows  # noqa: E402
+from alps_hf.geo.stitch import Stitcher, label_raster_suffix  # noqa: E402
 
 CRS = "EPSG:32640"
 TRANSFORM = rasterio.Affine(0.3, 0.0, 500_000.0, 0.0, -0.3, 2_700_000.0)
@@ -228,8 +228,8 @@ _MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from alps_hf.rasters import scene_windows
-    from alps_hf.stitch import Stitcher
+    from alps_hf.geo.rasters import scene_windows
+    from alps_hf.geo.stitch import Stitcher
     path, out = sys.argv[1], sys.argv[2]
     items = scene_windows(path, 1024, 64)
     checksum = 0

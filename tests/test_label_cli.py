@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alps_hf.cli import main
-from alps_hf.clustering import ClusterModel
+from alps_hf.labeling.clustering import ClusterModel
 from label_helpers import TINY, TOY, check_dataset, failures, label, label_bytes, png, rows, run_error
 from sam_fixtures import TINY_CHANNELS, blocks_image, write_odd_images, write_png
 
@@ -433,7 +433,7 @@ def test_labels_do_not_depend_on_sharding_or_batching(labeled, blocks_dir, tiny_
 def test_help_explains_every_flag(command, capsys):
     import dataclasses
 
-    from alps_hf.config import LabelConfig, ReclusterConfig
+    from alps_hf.labeling.config import LabelConfig, ReclusterConfig
 
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

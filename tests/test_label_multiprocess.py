@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alps_hf.clustering import ClusterModel
+from alps_hf.labeling.clustering import ClusterModel
 from label_helpers import TINY, check_dataset, rows
 from sam_fixtures import blocks_image, save_tiny_sam, write_png
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alps_hf.clustering import ClusterModel
-from alps_hf.workdir import WorkDir
+from alps_hf.labeling.clustering import ClusterModel
+from alps_hf.labeling.workdir import WorkDir
 from label_helpers import TINY, check_dataset, label, rows
 from sam_fixtures import blocks_image, save_tiny_sam, write_png
 

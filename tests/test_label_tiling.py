@@ -18,9 +18,9 @@ from PIL import Image
 pytest.importorskip("rasterio")
 import rasterio  # noqa: E402
 
-from alps_hf import pipeline  # noqa: E402
-from alps_hf.rasters import Window, plan_windows  # noqa: E402
-from alps_hf.sources import Tiling, list_image_files, resolve_inputs  # noqa: E402
+from alps_hf.geo.rasters import Window, plan_windows  # noqa: E402
+from alps_hf.labeling import pipeline  # noqa: E402
+from alps_hf.labeling.inputs import Tiling, list_image_files, resolve_inputs  # noqa: E402
 from label_helpers import TOY, check_dataset, failures, label, png, rows, run_error  # noqa: E402
 from sam_fixtures import blocks_image, write_png  # noqa: E402
 
@@ -262,8 +262,8 @@ def test_windows_follow_their_file_in_sorted_order(tmp_path):
 
 def test_tiff_without_rasterio(tmp_path, monkeypatch):
     """Without the geo extra a TIFF is read whole by PIL; asking for windows or bands says what to install."""
-    from alps_hf import geo
     from alps_hf.errors import InputError
+    from alps_hf.geo import geotiff as geo
 
     write_tif(tmp_path / "s.tif", np.full((3, 40, 50), 7, np.uint8), crs=None)
     monkeypatch.setattr(geo, "rasterio_available", lambda: False)
@@ -303,7 +303,7 @@ def test_label_memory_is_bounded_by_the_window_not_the_scene(tmp_path, tiny_sam_
     import subprocess
     import sys
 
-    from alps_hf.clustering import ClusterModel
+    from alps_hf.labeling.clustering import ClusterModel
     from sam_fixtures import TINY_CHANNELS
 
     # A given cluster model: no K-means, so the run does not depend on how many masks the random SAM finds.

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from alps_hf import amg
-from alps_hf.mask_generator import MaskGenerator, MaskGeneratorConfig
+from alps_hf.sam import amg
+from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
 from sam_fixtures import TINY_INPUT, tiny_sam_model, tiny_sam_processor
 
 H, W = 64, 96  # resized to 85 x 128 in the 128 x 128 frame; low-res logits 32 x 32, valid rows 0..21

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import jaccard_score
 
-from alps_hf.metrics import (
+from alps_hf.metrics.confusion import (
     ConfusionMatrix,
     PseudoLabelScorer,
     cluster_class_confusion,
@@ -144,7 +144,7 @@ def test_pseudo_label_scorer_counts_unlabeled_pixels_as_misses():
 def test_evaluate_module_agrees_with_torch_path():
     import evaluate
 
-    from alps_hf.metrics_module import METRIC_PATH
+    from alps_hf.metrics.evaluate_module import METRIC_PATH
 
     rng = np.random.default_rng(3)
     refs = [rng.integers(0, 4, size=(5, 6)) for _ in range(3)]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alps_hf.patches import Window, cut_patches, sliding_windows
+from alps_hf.geo.patches import Window, cut_patches, sliding_windows
 
 
 def mmseg_windows(img_h, img_w, patch_h=896, patch_w=896, overlap=384):

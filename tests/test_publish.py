@@ -9,10 +9,10 @@ import pytest
 import torch
 from huggingface_hub import metadata_load
 
-from alps_hf.cards import card_is_generated
 from alps_hf.cli import main
 from alps_hf.errors import PublishError
-from alps_hf.publish import detect_kind, push_to_hub, stage, validate_dataset
+from alps_hf.hub.cards import card_is_generated
+from alps_hf.hub.publish import detect_kind, push_to_hub, stage, validate_dataset
 from hub_fixtures import FAKE_TOKEN, FakeHfApi, make_dataset_folder, make_model_folder, snapshot
 
 DATASET_FILES = [
@@ -381,7 +381,7 @@ def test_stage_is_what_validation_sees(dataset_src, tmp_path):
 
 def main_with_api(api, argv):
     """Run the CLI with the stand-in answering where `HfApi()` would."""
-    from alps_hf import publish
+    from alps_hf.hub import publish
 
     original = publish.default_api
     publish.default_api = lambda: api

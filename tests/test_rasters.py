@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from alps_hf.errors import ConfigError, ImageError, InputError
-from alps_hf.masks import MaskSet
-from alps_hf.rasters import (
+from alps_hf.geo.rasters import (
     MIN_TILE_SIZE,
     num_windows,
     plan_windows,
@@ -22,7 +21,8 @@ from alps_hf.rasters import (
     wants_windows,
     window_from_meta,
 )
-from alps_hf.stitch import Stitcher, label_raster_suffix, stitch_dataset, stitch_rows
+from alps_hf.geo.stitch import Stitcher, label_raster_suffix, stitch_dataset, stitch_rows
+from alps_hf.sam.masks import MaskSet
 
 # -- window planning ---------------------------------------------------------------------------
 

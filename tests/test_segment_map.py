@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from alps_hf.masks import MaskSet
-from alps_hf.segment_map import IGNORE_LABEL, paint_labels, paint_order, paint_segments
+from alps_hf.sam.masks import MaskSet
+from alps_hf.sam.segment_map import IGNORE_LABEL, paint_labels, paint_order, paint_segments
 
 
 def make_set(masks: np.ndarray, scores) -> MaskSet:

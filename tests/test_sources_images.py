@@ -8,7 +8,7 @@ from PIL import Image
 
 from alps_hf.errors import ImageError, InputError
 from alps_hf.images import decode_image_bytes, to_rgb_array
-from alps_hf.sources import list_image_files, resolve_inputs
+from alps_hf.labeling.inputs import list_image_files, resolve_inputs
 from sam_fixtures import write_odd_images, write_png
 
 

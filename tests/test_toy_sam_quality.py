@@ -12,8 +12,8 @@ from datasets import load_dataset
 from PIL import Image
 
 from alps_hf.cli import main
-from alps_hf.metrics import PseudoLabelScorer, pseudo_label_quality
-from alps_hf.segment_map import paint_labels
+from alps_hf.metrics.confusion import PseudoLabelScorer, pseudo_label_quality
+from alps_hf.sam.segment_map import paint_labels
 
 CLASSES = ["building", "land", "road", "vegetation", "water"]
 

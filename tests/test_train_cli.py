@@ -180,10 +180,10 @@ def test_loss_falls_on_real_dubai_tiles(dubai_dir, tmp_path):
 
 
 def test_pretrain_push_to_hub_publishes_the_finished_folder(pseudo, tmp_path, monkeypatch):
-    import alps_hf.publish
+    import alps_hf.hub.publish
 
     calls = []
-    monkeypatch.setattr(alps_hf.publish, "push_to_hub",
+    monkeypatch.setattr(alps_hf.hub.publish, "push_to_hub",
                         lambda folder, repo_id, **kw: calls.append((str(folder), repo_id, kw)))
     ckpt = tmp_path / "ckpt"
     assert main(["pretrain", *seg_args(pseudo, ckpt, "--max-steps", "1", "--checkpointing-steps", "0",

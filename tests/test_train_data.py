@@ -1,4 +1,4 @@
-"""Augmentation, targets, subsets and the seeded sampler of alps_hf.train_data."""
+"""Augmentation, targets, subsets and the seeded sampler of alps_hf.training.data."""
 
 import datasets
 import numpy as np
@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from alps_hf.errors import ConfigError
-from alps_hf.train_data import EpochSampler, SegmentationDataset, augment, mask2former_targets, select_subset
+from alps_hf.training.data import (
+    EpochSampler,
+    SegmentationDataset,
+    augment,
+    mask2former_targets,
+    select_subset,
+)
 
 
 def test_augment_keeps_labels_aligned_and_pads_with_ignore():

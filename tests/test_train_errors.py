@@ -49,7 +49,7 @@ def test_image_and_label_sizes_differ(tmp_path, capsys):
 
 def test_empty_split(good, tmp_path, capsys):
     from alps_hf.errors import DatasetFormatError
-    from alps_hf.train_data import validate_split
+    from alps_hf.training.data import validate_split
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=features)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alps_hf.errors import CheckpointError, ConfigError
-from alps_hf.models import (
+from alps_hf.training.models import (
     KNOWN_MODELS,
     SEGFORMER_VARIANTS,
     backbone_prefix,
@@ -98,7 +98,7 @@ def test_model_flag_errors(tmp_path):
 
 
 def test_optimizer_groups_and_schedule():
-    from alps_hf.train import lr_lambda, param_groups
+    from alps_hf.training.loop import lr_lambda, param_groups
 
     model = build_model(resolve_model("segformer-b0", from_scratch=True, overrides=TINY_SEGFORMER), LABELS3)
     groups = param_groups(model, lr=1e-3, backbone_lr=1e-4, weight_decay=0.01)

@@ -12,7 +12,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from .errors import AlpsError
+from alps_hf.errors import AlpsError
 
 
 @dataclass(frozen=True)
@@ -25,36 +25,36 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "label": Command(
-        "alps_hf.pipeline:run_label",
-        ("alps_hf.config:LabelConfig",),
+        "alps_hf.labeling.pipeline:run_label",
+        ("alps_hf.labeling.config:LabelConfig",),
         "Auto-label images with SAM + online K-means into a Hub-layout dataset folder.",
         positional="inputs",
     ),
     "recluster": Command(
-        "alps_hf.pipeline:run_recluster",
-        ("alps_hf.config:ReclusterConfig",),
+        "alps_hf.labeling.pipeline:run_recluster",
+        ("alps_hf.labeling.config:ReclusterConfig",),
         "Re-cluster an existing labeled folder with another K, without re-running SAM.",
         positional="folder",
     ),
     "push": Command(
-        "alps_hf.publish:run_push",
-        ("alps_hf.publish:PushConfig",),
+        "alps_hf.hub.publish:run_push",
+        ("alps_hf.hub.publish:PushConfig",),
         "Publish a labeled dataset folder or a trained model folder to the Hugging Face Hub.",
         positional="folder",
     ),
     "pretrain": Command(
-        "alps_hf.train:run_pretrain",
-        ("alps_hf.training_config:TrainConfig",),
+        "alps_hf.training.loop:run_pretrain",
+        ("alps_hf.training.config:TrainConfig",),
         "Pre-train SegFormer / Mask2Former on pseudo-labels with Accelerate (works under accelerate launch).",
     ),
     "finetune": Command(
-        "alps_hf.train:run_finetune",
-        ("alps_hf.training_config:TrainConfig",),
+        "alps_hf.training.loop:run_finetune",
+        ("alps_hf.training.config:TrainConfig",),
         "Fine-tune a (pre-trained) model on labeled data; --train-fraction for label-scarce runs.",
     ),
     "evaluate": Command(
-        "alps_hf.train:run_evaluate",
-        ("alps_hf.training_config:EvaluateConfig",),
+        "alps_hf.training.loop:run_evaluate",
+        ("alps_hf.training.config:EvaluateConfig",),
         "Score a trained model on a labeled split (mIoU, accuracies, per-class IoU); prints and writes JSON.",
     ),
 }

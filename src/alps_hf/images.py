@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from alps_hf.errors import ImageError
 
 # Decompression-bomb guard: PIL's default would refuse large aerial scenes. Larger images are cut
 # into windows by the raster reader instead of being decoded whole.

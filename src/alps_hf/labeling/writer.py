@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .clustering import ClusterModel
-from .config_utils import atomic_write_text
-from .segment_map import IGNORE_LABEL, paint_labels
-from .workdir import WorkDir
+from alps_hf.config_utils import atomic_write_text
+from alps_hf.labeling.clustering import ClusterModel
+from alps_hf.labeling.workdir import WorkDir
+from alps_hf.sam.segment_map import IGNORE_LABEL, paint_labels
 
 
 def dataset_features():
@@ -186,7 +186,7 @@ def write_preview(folder: Path, data_files: list[Path], k: int, count: int, heig
         for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist(), strict=True):
             if len(rows) >= count:
                 break
-            from .images import decode_image_bytes
+            from alps_hf.images import decode_image_bytes
 
             rgb = decode_image_bytes(img["bytes"])
             label = decode_png(lab["bytes"])

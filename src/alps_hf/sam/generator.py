@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import amg
-from .masks import MaskSet
+from alps_hf.sam import amg
+from alps_hf.sam.masks import MaskSet
 
 # Low-resolution pre-filter slack: a mask is upsampled when its low-res stability / area is within
 # this margin of the threshold; the exact full-resolution check decides. Keeps the fast path equal

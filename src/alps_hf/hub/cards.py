@@ -18,8 +18,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from . import __version__
-from .errors import DatasetFormatError, PublishError
+from alps_hf import __version__
+from alps_hf.errors import DatasetFormatError, PublishError
 
 TEMPLATES = Path(__file__).with_name("templates")
 DATASET_TEMPLATE = TEMPLATES / "dataset_card.md"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError, DatasetFormatError, InputError
-from .images import to_rgb_array
+from alps_hf.errors import ConfigError, DatasetFormatError, InputError
+from alps_hf.images import to_rgb_array
 
 IGNORE_INDEX = 255
 

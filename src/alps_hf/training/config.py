@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config_utils import arg
-from .errors import ConfigError
+from alps_hf.config_utils import arg
+from alps_hf.errors import ConfigError
 
 SCHEDULES = ("poly", "cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")

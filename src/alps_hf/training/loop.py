@@ -8,7 +8,7 @@ resume -> the loop (accumulate, clip, step, log, evaluate, checkpoint) -> save t
 Works the same in one process (`alps-hf pretrain ...`) and under `accelerate launch` (DDP, FSDP,
 mixed precision from `accelerate config` or `--mixed-precision`).
 
-Output folder (`--output`), the names `alps_hf.cards` and `alps_hf.publish` rely on:
+Output folder (`--output`), the names `alps_hf.hub.cards` and `alps_hf.hub.publish` rely on:
 `config.json` + `model.safetensors` + `preprocessor_config.json` (`save_pretrained`), `id2label.json`,
 `training_config.json`, `metrics.json`, `training_curve.png`, `README.md` (model card), and
 `checkpoints/checkpoint-<step>/` (accelerate `save_state` + `trainer_state.json`, the last M kept).
@@ -26,20 +26,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config_utils import atomic_write_text, config_to_dict, save_config
-from .errors import CheckpointError, ConfigError, DatasetFormatError
-from .metrics import ConfusionMatrix
-from .models import (
-    backbone_prefix,
-    build_image_processor,
-    build_model,
-    load_image_processor,
-    model_class,
-    resolve_model,
-    semantic_logits,
-)
-from .train_data import (
+from alps_hf import __version__
+from alps_hf.config_utils import atomic_write_text, config_to_dict, save_config
+from alps_hf.errors import CheckpointError, ConfigError, DatasetFormatError
+from alps_hf.metrics.confusion import ConfusionMatrix
+from alps_hf.training.config import EvaluateConfig, TrainConfig
+from alps_hf.training.data import (
     EpochSampler,
     SegmentationDataset,
     collate,
@@ -49,7 +41,15 @@ from .train_data import (
     select_subset,
     validate_split,
 )
-from .training_config import EvaluateConfig, TrainConfig
+from alps_hf.training.models import (
+    backbone_prefix,
+    build_image_processor,
+    build_model,
+    load_image_processor,
+    model_class,
+    resolve_model,
+    semantic_logits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _push(config: TrainConfig) -> None:
     from accelerate import PartialState
 
     if config.push_to_hub and PartialState().is_main_process:
-        from .publish import push_to_hub
+        from alps_hf.hub.publish import push_to_hub
 
         push_to_hub(config.output, config.push_to_hub, private=config.private)
 
@@ -278,8 +278,8 @@ def _save_checkpoint(accelerator, output: Path, step: int, state: dict[str, Any]
 
 
 def _write_card(output: Path) -> None:
-    """Model card README.md, rendered by the publishing stage's template (alps_hf.cards)."""
-    from .cards import write_model_card
+    """Model card README.md, rendered by the publishing stage's template (alps_hf.hub.cards)."""
+    from alps_hf.hub.cards import write_model_card
 
     write_model_card(output)
 
@@ -476,7 +476,7 @@ def run_evaluate(config: EvaluateConfig) -> int:
     from accelerate import Accelerator
     from transformers import AutoConfig
 
-    from .models import _architecture_of
+    from alps_hf.training.models import _architecture_of
 
     architecture = _architecture_of(config.model, "--model")
     splits = load_splits(config.dataset, config.dataset_config)

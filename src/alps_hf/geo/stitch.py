@@ -5,7 +5,7 @@ scene, named `<scene stem>_labels.tif|png`, with an `index.json` mapping scene -
 
 Windows are written into the output file one at a time (read-modify-write of the window's
 region), so memory is bounded by the window for GeoTIFF output. Ownership follows the seam rule
-of `alps_hf.rasters`: the label maps given to `add` are painted from the masks `resolve_seams`
+of `alps_hf.geo.rasters`: the label maps given to `add` are painted from the masks `resolve_seams`
 kept, and each output pixel takes
   1. the label of the window whose core contains it, when that window has a mask there;
   2. otherwise the label of a neighbouring window whose kept mask reaches over the core border
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
-from .rasters import Window, plan_windows, uses_rasterio
+from alps_hf.errors import ConfigError
+from alps_hf.geo.rasters import Window, plan_windows, uses_rasterio
 
 NO_LABEL = 255
 
@@ -85,7 +85,7 @@ class Stitcher:
             self._array = np.memmap(self._raw, dtype=np.uint8, mode="w+", shape=(self.height, self.width))
             self._array[:] = NO_LABEL
         else:
-            from .geo import rasterio_module
+            from alps_hf.geo.geotiff import rasterio_module
 
             rasterio = rasterio_module()
 
@@ -242,7 +242,7 @@ def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) 
 
     from PIL import Image
 
-    from .config_utils import atomic_write_text
+    from alps_hf.config_utils import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from alps_hf.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, InputError
-from .images import decode_image_bytes
+from alps_hf.errors import ImageError, InputError
+from alps_hf.images import decode_image_bytes
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -57,7 +57,7 @@ class InputSet:
 
 @dataclass(frozen=True)
 class Tiling:
-    """How files are cut into windows (see `alps_hf.rasters`).
+    """How files are cut into windows (see `alps_hf.geo.rasters`).
 
     Attributes:
         tile_size: --tile-size; None = only GeoTIFF-family scenes are windowed, at `window_size`.
@@ -94,13 +94,13 @@ def _path_items(path: Path, shown: str, tiling: Tiling | None) -> list[ImageItem
     A scene whose header cannot be read becomes one failing item (listed in failures.jsonl);
     configuration problems (a band the scene lacks, rasterio missing for --tile-size) raise.
     """
-    from . import rasters
+    from alps_hf.geo import rasters
 
     if tiling is None:
         return [_file_item(path, shown)]
     geo_format = rasters.uses_rasterio(path)
     if geo_format:
-        from .geo import rasterio_available
+        from alps_hf.geo.geotiff import rasterio_available
 
         if not rasterio_available():
             if tiling.tile_size is None and tiling.bands is None:

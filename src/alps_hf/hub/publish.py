@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__
-from .cards import (
+from alps_hf import __version__
+from alps_hf.config_utils import arg
+from alps_hf.errors import ConfigError, PublishError
+from alps_hf.hub.cards import (
     HISTOGRAM_FILE,
     REPO_ID_RULE,
     card_is_generated,
@@ -39,8 +41,6 @@ from .cards import (
     render_dataset_card,
     render_model_card,
 )
-from .config_utils import arg
-from .errors import ConfigError, PublishError
 
 Kind = Literal["dataset", "model"]
 

@@ -3,11 +3,11 @@
 Load it offline from the installed package:
 
     import evaluate
-    from alps_hf.metrics_module import METRIC_PATH
+    from alps_hf.metrics.evaluate_module import METRIC_PATH
     metric = evaluate.load(METRIC_PATH)
     metric.compute(predictions=[pred_map, ...], references=[label_map, ...], num_labels=6)
 
-It gives the same numbers as `alps_hf.metrics` (the torch path used during training): label pixels
+It gives the same numbers as `alps_hf.metrics.confusion` (the torch path used during training): label pixels
 equal to `ignore_index` are dropped, classes absent from both labels and predictions have IoU NaN
 and are left out of the means, a class predicted but never labelled has IoU 0. The module is
 self-contained (numpy only) so it can also be copied to a Hub space.

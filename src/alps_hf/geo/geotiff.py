@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ImageError, InputError
-from .rasters import Window, WindowImage
+from alps_hf.errors import ConfigError, ImageError, InputError
+from alps_hf.geo.rasters import Window, WindowImage
 
 # GDAL's block cache defaults to 5 % of RAM; a decoded-block cache that large would make memory
 # grow with the scene. 64 MiB holds several 1024-px windows of blocks.

@@ -24,11 +24,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .clustering import ClusterModel, fit_online_kmeans
-from .config import LabelConfig, ReclusterConfig
-from .config_utils import atomic_write_text, config_to_dict, save_config
-from .dataset_writer import (
+from alps_hf import __version__
+from alps_hf.config_utils import atomic_write_text, config_to_dict, save_config
+from alps_hf.errors import AlpsError, ConfigError, InputError
+from alps_hf.geo.rasters import Window, resolve_seams, window_from_meta
+from alps_hf.labeling.clustering import ClusterModel, fit_online_kmeans
+from alps_hf.labeling.config import LabelConfig, ReclusterConfig
+from alps_hf.labeling.inputs import ImageItem, LoadedImage, Tiling, resolve_inputs
+from alps_hf.labeling.workdir import (
+    WorkDir,
+    ensure_empty_or_resumable,
+    input_fingerprint,
+    shard_ranges,
+    split_for_process,
+)
+from alps_hf.labeling.writer import (
     encode_png,
     group_shards,
     id2label,
@@ -38,13 +48,9 @@ from .dataset_writer import (
     write_group,
     write_preview,
 )
-from .errors import AlpsError, ConfigError, InputError
-from .features import mask_features
-from .mask_generator import MaskGenerator, MaskGeneratorConfig
-from .rasters import Window, resolve_seams, window_from_meta
-from .segment_map import paint_segments
-from .sources import ImageItem, LoadedImage, Tiling, resolve_inputs
-from .workdir import WorkDir, ensure_empty_or_resumable, input_fingerprint, shard_ranges, split_for_process
+from alps_hf.sam.features import mask_features
+from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
+from alps_hf.sam.segment_map import paint_segments
 
 PASS1_FIELDS = ("sam", "sam_revision", "split", "image_column", "points_per_side", "pred_iou_thresh",
                 "stability_score_thresh", "stability_score_offset", "mask_threshold", "box_nms_thresh",
@@ -79,7 +85,7 @@ def load_sam_config(name: str, revision: str | None):
         ) from None
     if getattr(config, "model_type", None) != "sam":
         raise ConfigError(f"--sam {name!r} is a {config.model_type!r} model, not SAM")
-    from .mask_generator import load_sam_image_processor
+    from alps_hf.sam.generator import load_sam_image_processor
 
     try:  # a JSON file, cheap; without it MaskGenerator.from_pretrained fails with a traceback
         load_sam_image_processor(name, revision=revision)
@@ -312,7 +318,7 @@ def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: Clu
 def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, names: list[Path],
                   info: dict, preview_images: int) -> dict:
     """Write id2label.json, the cluster model, failures.jsonl, preview.png, alps_dataset.json, README.md."""
-    from .dataset_writer import dataset_features
+    from alps_hf.labeling.writer import dataset_features
 
     k = clusters.num_clusters
     parts = [json.loads((work.pass2 / f"group-{g:05d}.json").read_text()) for g in range(len(names))]
@@ -329,7 +335,7 @@ def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: Cluste
             "stats": stats, "features": dataset_features().to_dict()}
     # Not sort_keys: the order of `features` is the column order of the dataset.
     atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2) + "\n")
-    from .cards import write_dataset_card
+    from alps_hf.hub.cards import write_dataset_card
 
     write_dataset_card(output)
     return info
@@ -370,7 +376,7 @@ def run_label(cfg: LabelConfig) -> int:
     if cfg.clusters:
         given_clusters = ClusterModel.load(cfg.clusters)
         if given_clusters.feature_dim != sam_config.vision_config.output_channels:
-            from .errors import ClusterModelError
+            from alps_hf.errors import ClusterModelError
 
             raise ClusterModelError(
                 f"--clusters {cfg.clusters} has {given_clusters.feature_dim}-d centroids but --sam {cfg.sam} gives "
@@ -426,7 +432,7 @@ def run_label(cfg: LabelConfig) -> int:
     t_finish = time.perf_counter()
     stitched = {}
     if cfg.stitch:
-        from .stitch import stitch_parquet
+        from alps_hf.geo.stitch import stitch_parquet
 
         stitched = stitch_parquet(names, output / "stitched", cfg.window_size, cfg.tile_overlap)
     seconds = {"load_model": t_loaded - t_start, "pass1": t_pass1 - t_loaded, "kmeans": t_kmeans - t_pass1,
@@ -439,7 +445,7 @@ def run_label(cfg: LabelConfig) -> int:
         print(f"  stitched: {len(stitched)} scene raster(s) in {output / 'stitched'}"
               + ("" if stitched else " (no input was cut into windows: nothing to stitch)"))
     if cfg.push_to_hub:
-        from .publish import push_to_hub
+        from alps_hf.hub.publish import push_to_hub
 
         push_to_hub(output, cfg.push_to_hub, private=cfg.private)
     return 0

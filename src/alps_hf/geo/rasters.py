@@ -3,7 +3,7 @@
 A scene larger than `--tile-size` is read as a grid of overlapping windows (`plan_windows`); each
 window is labeled as an image of its own; `resolve_seams` decides which masks of a window to keep
 so that an object straddling a window border is neither split nor counted twice; `Stitcher`
-(in `alps_hf.stitch`) puts the per-window label maps back together into one scene raster.
+(in `alps_hf.geo.stitch`) puts the per-window label maps back together into one scene raster.
 
 Seam rule ("centre ownership"):
   * every window has a *core*: the cores of all windows partition the scene exactly (the border
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError, ImageError, InputError
+from alps_hf.errors import ConfigError, ImageError, InputError
 
 if TYPE_CHECKING:
-    from .masks import MaskSet
+    from alps_hf.sam.masks import MaskSet
 
 # Below this a window holds too little context for SAM's 1024-px encoder input (upsampled 16x+),
 # and the per-window overhead dominates.
@@ -261,12 +261,12 @@ def raster_size(path: str | os.PathLike) -> tuple[int, int]:
         InputError: a TIFF-like file and rasterio is not installed.
     """
     if uses_rasterio(path):
-        from .geo import scene_header
+        from alps_hf.geo.geotiff import scene_header
 
         return scene_header(path)
     from PIL import Image, UnidentifiedImageError
 
-    from .images import MAX_IMAGE_PIXELS  # noqa: F401  (importing it raises PIL's pixel limit for big scenes)
+    from alps_hf.images import MAX_IMAGE_PIXELS  # noqa: F401  (importing it raises PIL's pixel limit for big scenes)
 
     try:
         with Image.open(path) as image:
@@ -300,7 +300,7 @@ class _DecodedScene:
 
     @classmethod
     def get(cls, path: str) -> np.ndarray:
-        from .images import decode_image_bytes
+        from alps_hf.images import decode_image_bytes
 
         with cls._lock:
             if cls._path != path:
@@ -337,7 +337,7 @@ def scene_windows(
 
     GeoTIFF / TIFF (and other GDAL formats, see `RASTERIO_SUFFIXES`) are read through rasterio
     with a windowed read per loader call, so memory is bounded by the window, not the scene;
-    band choice, 16-bit scaling, no-data and CRS follow `alps_hf.geo`. Other formats (PNG, JPEG,
+    band choice, 16-bit scaling, no-data and CRS follow `alps_hf.geo.geotiff`. Other formats (PNG, JPEG,
     ...) cannot be read by window: their loaders decode the whole scene once per process (cached
     for consecutive windows of the same scene) and crop, so such a scene costs W*H*3 bytes.
     A scene no larger than the tile gives one window covering it.
@@ -360,7 +360,7 @@ def scene_windows(
     validate_tiling(tile_size, overlap)
     path = str(path)
     if uses_rasterio(path):
-        from .geo import open_scene, window_loader
+        from alps_hf.geo.geotiff import open_scene, window_loader
 
         scene = open_scene(path, bands=bands)
         windows = plan_windows(scene.width, scene.height, tile_size, overlap)

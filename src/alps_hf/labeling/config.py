@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config_utils import arg
-from .errors import ConfigError
-from .rasters import MIN_TILE_SIZE, validate_tiling
+from alps_hf.config_utils import arg
+from alps_hf.errors import ConfigError
+from alps_hf.geo.rasters import MIN_TILE_SIZE, validate_tiling
 
 # Window side used for GeoTIFF-family scenes when --tile-size is not given.
 DEFAULT_TILE_SIZE = 1024

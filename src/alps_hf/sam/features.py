@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .mask_generator import EmbeddingFrame
+from alps_hf.sam.generator import EmbeddingFrame
 
 
 def axis_coverage(n_pixels: int, n_resized: int, n_cells: int, padded: int, device=None) -> torch.Tensor:

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config_utils import atomic_write_text
-from .errors import ConfigError
+from alps_hf.config_utils import atomic_write_text
+from alps_hf.errors import ConfigError
 
 PASS1_SCHEMA = pa.schema([
     ("index", pa.int64()),

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config_utils import atomic_write_text
-from .errors import ClusterModelError, ConfigError
+from alps_hf.config_utils import atomic_write_text
+from alps_hf.errors import ClusterModelError, ConfigError
 
 FORMAT = "alps_hf.cluster_model"
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .masks import MaskSet
+from alps_hf.sam.masks import MaskSet
 
 IGNORE_LABEL = 255
 MAX_SEGMENTS = 65535  # segment maps are uint16

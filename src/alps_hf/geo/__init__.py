@@ -1,0 +1,1 @@
+"""Large rasters: window geometry, seams, GeoTIFF readers, stitching, patch cutting."""

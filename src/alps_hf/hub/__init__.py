@@ -1,0 +1,1 @@
+"""Dataset and model cards, and publishing folders to the Hugging Face Hub."""

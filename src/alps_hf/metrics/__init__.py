@@ -1,0 +1,1 @@
+"""Segmentation metrics (streaming confusion matrix) and the `evaluate` module built on them."""

@@ -1,0 +1,1 @@
+"""Pre-training, fine-tuning and evaluation of SegFormer / Mask2Former with Accelerate."""
