@@ -37,26 +37,23 @@ def _with_banner(card) -> str:
 
 
 def dataset_info(repo_id: str, pretty_name: str, source_text: str, citation: str) -> dict:
-    """alps_dataset.json as `alps-hf label` would write it for this recipe, with nothing measured."""
-    from alps_hf import __version__
-    from alps_hf.hub.cards import GENERATOR_KEYS
+    """alps_dataset.json as `alps-hf label` would write it for this recipe, with nothing measured.
+
+    The record comes from the labeling stage's own `dataset_info_base` for the recipe's flags, so the
+    generator settings and every other recorded value follow the library's declarations.
+    """
     from alps_hf.labeling.config import LabelConfig
+    from alps_hf.labeling.pipeline import dataset_info_base
     from alps_hf.labeling.writer import dataset_features
 
-    defaults = LabelConfig.__dataclass_fields__
+    flags = LabelConfig(inputs=[repo_id], output=repo_id.split("/")[-1], sam="facebook/sam-vit-huge",
+                        num_clusters=46, pretty_name=pretty_name)
     return {
-        "alps_hf_version": __version__,
-        "sam_model": "facebook/sam-vit-huge",
-        "sam_revision": None,
-        "num_clusters": 46,
-        "feature_normalization": defaults["feature_normalization"].default,
-        "seed": defaults["seed"].default,
-        "source": source_text,
+        **dataset_info_base(flags, source_text),
         "source_citation": citation,
-        "license": None,
-        "pretty_name": pretty_name,
-        "generator": {k: defaults[k].default for k in GENERATOR_KEYS},
-        "splits": {"train": {"num_rows": None, "files": [], "num_bytes": None}},
+        "num_clusters": flags.num_clusters,
+        "feature_normalization": flags.feature_normalization,
+        "splits": {flags.split: {"num_rows": None, "files": [], "num_bytes": None}},
         "stats": {},
         "features": dataset_features().to_dict(),
     }

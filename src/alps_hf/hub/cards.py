@@ -9,6 +9,7 @@ Nothing is invented: a number that was not measured is shown as "not yet measure
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -66,21 +67,18 @@ MASK2FORMER_BIBTEX = """@inproceedings{cheng2022masked,
   year      = {2022}
 }"""
 
-GENERATOR_KEYS = [
-    "points_per_side",
-    "points_per_batch",
-    "pred_iou_thresh",
-    "stability_score_thresh",
-    "stability_score_offset",
-    "box_nms_thresh",
-    "crop_n_layers",
-    "crop_nms_thresh",
-    "crop_overlap_ratio",
-    "crop_n_points_downscale_factor",
-    "max_area_fraction",
-    "min_area",
-    "mask_threshold",
-]
+
+
+def generator_keys() -> tuple[str, ...]:
+    """Names of the mask-generator settings, in the order `MaskGeneratorConfig` declares them.
+
+    The card lists the `generator` record of alps_dataset.json in this order, so a setting added to
+    the declaration appears in the card without touching this module. Imported on first use: the
+    generator module pulls in torch, which rendering a card does not otherwise need.
+    """
+    from alps_hf.sam.generator import MaskGeneratorConfig
+
+    return tuple(f.name for f in dataclasses.fields(MaskGeneratorConfig))
 
 
 # The last line of every rendered card: a digest of the text above it. A card whose digest still
@@ -242,6 +240,18 @@ _COLUMNS = {
 }
 
 
+# The statistics of alps_dataset.json shown in the card, in the card's order (labels in the template).
+_STAT_KEYS = (
+    "images",
+    "failed",
+    "images_without_masks",
+    "masks_total",
+    "masks_per_image_mean",
+    "masks_per_image_median",
+    "pixel_coverage",
+)
+
+
 def _column_order(names) -> list[str]:
     """The contract's column order first (alps_dataset.json may be written with sorted keys)."""
     names = list(names)
@@ -280,21 +290,8 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         for i in order
     ]
     coverage = stats.get("pixel_coverage")
-    stat_rows = [
-        ("images", stats.get("images", NOT_MEASURED)),
-        ("images that failed to decode (skipped, see failures.jsonl)", stats.get("failed", NOT_MEASURED)),
-        ("images without any mask", stats.get("images_without_masks", NOT_MEASURED)),
-        ("masks in total", stats.get("masks_total", NOT_MEASURED)),
-        (
-            "masks per image, mean",
-            _fmt(stats["masks_per_image_mean"]) if "masks_per_image_mean" in stats else NOT_MEASURED,
-        ),
-        (
-            "masks per image, median",
-            _fmt(stats["masks_per_image_median"]) if "masks_per_image_median" in stats else NOT_MEASURED,
-        ),
-        ("pixels covered by a mask", _pct(coverage)),
-    ]
+    stat_values = {key: _fmt(stats[key]) if key in stats else NOT_MEASURED for key in _STAT_KEYS}
+    stat_values["pixel_coverage"] = _pct(coverage)
     splits = info.get("splits") or {}
     split_rows = [
         {
@@ -317,39 +314,35 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "num_clusters": k,
         "sam_model": sam_model,
         "sam_url": sam_url,
-        "sam_revision": f"`{info['sam_revision']}`"
-        if info.get("sam_revision")
-        else "not recorded (latest at run time)",
+        "sam_revision": info.get("sam_revision"),
         "feature_normalization": info.get("feature_normalization") or "none",
         "seed": info.get("seed", "not recorded"),
         "alps_hf_version": info.get("alps_hf_version") or "not recorded",
-        "generator_rows": [(key, _fmt(generator[key])) for key in GENERATOR_KEYS if key in generator]
-        + [(key, _fmt(value)) for key, value in generator.items() if key not in GENERATOR_KEYS],
+        "generator_rows": _generator_rows(generator),
         "max_area_fraction": _fmt(generator.get("max_area_fraction", 0.3)),
-        "tiling_text": _tiling_text(info.get("tiling") or {}),
-        "stat_rows": stat_rows,
+        "tiling": _tiling(info.get("tiling") or {}),
+        "stats": stat_values,
         "split_rows": split_rows,
         "top_classes": top_classes,
         "has_histogram": bool(hist),
-        "uncovered": f"about {_pct(1 - coverage)} of all pixels here"
-        if coverage is not None
-        else "their share is not yet measured",
+        "uncovered": _pct(1 - coverage) if coverage is not None else None,
         "alps_bibtex": ALPS_BIBTEX,
         "sam_bibtex": SAM_BIBTEX,
     }
 
 
-def _tiling_text(tiling: Mapping[str, Any]) -> str:
-    """How large scenes were cut into windows, for the card ("" when no scene was cut)."""
-    window, scenes = tiling.get("window_size"), tiling.get("scenes") or 0
-    if not window or not scenes:
-        return ""
-    bands = tiling.get("bands")
-    return (f"{scenes} scene(s) were cut into {window} x {window} px windows overlapping by "
-            f"{tiling.get('tile_overlap')} px, one row per window (its scene, window coordinates and, for "
-            "georeferenced scenes, CRS and transform in the `meta` column). A mask cut by a window edge was dropped, "
-            "and a whole mask was kept only by the window whose core holds its centre, so objects are neither split "
-            "nor duplicated at seams." + (f" GeoTIFF bands read: {bands}." if bands else ""))
+def _generator_rows(generator: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(setting, value) of every recorded generator setting: declared ones first, in declared order."""
+    declared = generator_keys()
+    keys = [k for k in declared if k in generator] + [k for k in generator if k not in declared]
+    return [(key, _fmt(generator[key])) for key in keys]
+
+
+def _tiling(tiling: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How large scenes were cut into windows, for the card (None when no scene was cut)."""
+    if not tiling.get("window_size") or not tiling.get("scenes"):
+        return None
+    return {key: tiling.get(key) for key in ("window_size", "tile_overlap", "scenes", "bands")}
 
 
 def render_dataset_card(info: Mapping[str, Any], repo_id: str | None = None) -> DatasetCard:
@@ -490,128 +483,76 @@ def model_card_data(folder: str | Path, repo_id: str | None = None) -> ModelCard
     )
 
 
+_TRAINING_SKIP = {
+    "alps_hf_version",
+    "dataset",
+    "base_model",
+    "backbone",
+    "task",
+    "model",
+    "license",
+    "id2label",
+    "label2id",
+    "output",
+    "resume",
+    "overwrite",
+}
+
+_BIBTEX = {"SegFormer": SEGFORMER_BIBTEX, "Mask2Former": MASK2FORMER_BIBTEX}
+
+
+def _model_family(model_type: str) -> str:
+    """'SegFormer' / 'Mask2Former' for the model types alps_hf trains, else the raw model type."""
+    if "mask2former" in model_type:
+        return "Mask2Former"
+    return "SegFormer" if "segformer" in model_type else model_type
+
+
 def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
+    """The values the model card template fills in; the prose and its branches live in the template."""
     config = _optional_json(folder / "config.json")
     training = _optional_json(folder / "training_config.json")
     metrics = _optional_json(folder / "metrics.json")
     id2label = _optional_json(folder / "id2label.json") or config.get("id2label") or {}
-    task = training.get("task") or "pretrain"
     architecture = (config.get("architectures") or ["unknown"])[0]
-    model_type = str(config.get("model_type") or "")
-    family = (
-        "Mask2Former"
-        if "mask2former" in model_type
-        else "SegFormer"
-        if "segformer" in model_type
-        else model_type
-    )
+    family = _model_family(str(config.get("model_type") or ""))
     dataset = public_name(training.get("dataset")) or "not recorded"
-    base = training.get("base_model") or training.get("backbone")
-    num_labels = len(id2label) or config.get("num_labels") or "unknown"
-    ref = repo_id or "path/to/this/folder"
-    if task == "pretrain":
-        summary = (
-            f"A {family} model **pre-trained with ALPS** on the {num_labels} pseudo-classes of `{dataset}`: "
-            "labels made by SAM masks clustered with K-means, no human annotation. It is a starting "
-            "point for fine-tuning on remote-sensing segmentation tasks, not a classifier of named classes."
-        )
-        intended = (
-            "Initialise a remote-sensing segmentation model before fine-tuning it on a (small) labeled "
-            "dataset; ALPS pre-training helps most when labels are scarce. The raw predictions are "
-            "pseudo-class ids (`cluster_NN`), useful for inspecting what the encoder separates, not as land-cover maps."
-        )
-        label_kind = "ALPS pseudo-classes, not semantic classes"
-    else:
-        summary = (
-            f"A {family} model fine-tuned on `{dataset}` for remote-sensing semantic segmentation"
-            + (f", starting from `{base}`" if base else "")
-            + "."
-        )
-        intended = (
-            f"Semantic segmentation of imagery like that of `{dataset}` into its {num_labels} classes. "
-            "Check it on your own imagery before relying on it: sensors, resolution and regions differ."
-        )
-        label_kind = "classes of the fine-tuning dataset"
-    skip = {
-        "alps_hf_version",
-        "dataset",
-        "base_model",
-        "backbone",
-        "task",
-        "model",
-        "license",
-        "id2label",
-        "label2id",
-        "output",
-        "resume",
-        "overwrite",
-    }
-    training_rows = [
-        (key, _fmt(value))
-        for key, value in sorted(training.items())
-        # unset options and this machine's paths say nothing about the model
-        if key not in skip
-        and value is not None
-        and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
-    ]
     values = metrics.get("eval") or {}
-    metric_rows = [
-        (name, _fmt(values[key]))
-        for key, name in _METRIC_NAMES.items()
-        if isinstance(values.get(key), (int, float))
-    ]
-    per_class = values.get("per_class_iou") or {}
-    per_class_rows = [
-        (str(name), _fmt(v) if v is not None else "n/a (class absent)") for name, v in per_class.items()
-    ]
-    limitations = [
-        "Trained on remote-sensing tiles; other sensors, resolutions, seasons and regions can degrade it.",
-    ]
-    if task == "pretrain":
-        limitations.insert(
-            0,
-            "Its classes are ALPS pseudo-classes (K-means clusters of SAM mask features), not semantic "
-            "classes: `cluster_07` has no fixed meaning and may mix or split land-cover types.",
-        )
-        limitations.append(
-            "The pseudo-labels inherit SAM's errors (shadows, thin structures); pixels no mask covered were ignored."
-        )
-    else:
-        limitations.append(
-            "Metrics above come from one evaluation split; they do not guarantee performance elsewhere."
-        )
     return {
         "title": (repo_id or folder.resolve().name).split("/")[-1],
-        "summary": summary,
-        "intended_use": intended,
+        "task": training.get("task") or "pretrain",
         "architecture": architecture,
         "model_class": architecture if architecture != "unknown" else "AutoModelForSemanticSegmentation",
         "model_family": family,
-        "model_bibtex": MASK2FORMER_BIBTEX
-        if family == "Mask2Former"
-        else SEGFORMER_BIBTEX
-        if family == "SegFormer"
-        else None,
-        "task_text": "ALPS pre-training on pseudo-labels"
-        if task == "pretrain"
-        else "fine-tuning on labeled data",
-        "num_labels": num_labels,
-        "label_kind": label_kind,
-        "dataset_text": f"[`{dataset}`](https://huggingface.co/datasets/{dataset})"
-        if is_hub_reference(dataset)
-        else f"`{dataset}`",
-        "base_text": (f"[`{base}`](https://huggingface.co/{base})" if is_hub_reference(base) else f"`{base}`")
-        if base
-        else "random initialisation",
+        "model_bibtex": _BIBTEX.get(family),
+        "num_labels": len(id2label) or config.get("num_labels") or "unknown",
+        "dataset": dataset,
+        "dataset_is_hub": is_hub_reference(dataset),
+        "base": training.get("base_model") or training.get("backbone"),
+        "base_is_hub": is_hub_reference(training.get("base_model") or training.get("backbone")),
         "alps_hf_version": training.get("alps_hf_version") or __version__,
-        "repo_ref": ref,
-        "training_rows": training_rows,
+        "repo_ref": repo_id or "path/to/this/folder",
+        "training_rows": [
+            (key, _fmt(value))
+            for key, value in sorted(training.items())
+            # unset options and this machine's paths say nothing about the model
+            if key not in _TRAINING_SKIP
+            and value is not None
+            and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
+        ],
         "has_curve": (folder / "training_curve.png").is_file(),
-        "metric_rows": metric_rows,
-        "per_class_rows": per_class_rows,
-        "eval_text": f"the `{metrics.get('split') or 'evaluation'}` split of `{public_name(metrics.get('dataset')) or dataset}`",
+        "metric_rows": [
+            (name, _fmt(values[key]))
+            for key, name in _METRIC_NAMES.items()
+            if isinstance(values.get(key), (int, float))
+        ],
+        "per_class_rows": [
+            (str(name), _fmt(v) if v is not None else "n/a (class absent)")
+            for name, v in (values.get("per_class_iou") or {}).items()
+        ],
+        "eval_split": metrics.get("split") or "evaluation",
+        "eval_dataset": public_name(metrics.get("dataset")) or dataset,
         "eval_step": metrics.get("step"),
-        "limitations": limitations,
         "alps_bibtex": ALPS_BIBTEX,
     }
 
