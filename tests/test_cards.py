@@ -8,11 +8,11 @@ from huggingface_hub import metadata_load
 from alps_hf.errors import DatasetFormatError
 from alps_hf.hub.cards import (
     card_is_generated,
-    is_hub_reference,
-    is_repo_id,
+    is_hub_id,
     public_name,
     render_dataset_card,
     render_model_card,
+    repo_id_problem,
     write_model_card,
 )
 from hub_fixtures import GENERATOR, K, make_dataset_folder, make_model_folder
@@ -148,19 +148,21 @@ def test_model_card_without_metrics_says_not_measured(tmp_path):
         ("a/b..c", False),
         ("user/na me", False),
         ("user/" + "x" * 97, False),
+        ("model.git", False),
+        (None, False),
     ],
 )
 def test_repo_id_rule(repo_id, ok):
-    assert is_repo_id(repo_id) is ok
+    assert (repo_id_problem(repo_id) is None) is ok
 
 
 def test_a_bare_local_folder_name_is_not_a_hub_reference(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pseudo").mkdir()
-    assert is_repo_id("pseudo") and not is_hub_reference("pseudo")
+    assert repo_id_problem("pseudo") is None and not is_hub_id("pseudo")
     assert public_name("pseudo") == "pseudo (local folder)"
-    assert is_hub_reference("alps/isaid-pseudo") and public_name("alps/isaid-pseudo") == "alps/isaid-pseudo"
-    assert is_hub_reference("gone") and public_name(str(tmp_path / "ckpt")) == "ckpt (local folder)"
+    assert is_hub_id("alps/isaid-pseudo") and public_name("alps/isaid-pseudo") == "alps/isaid-pseudo"
+    assert is_hub_id("gone") and public_name(str(tmp_path / "ckpt")) == "ckpt (local folder)"
 
 
 def test_dataset_card_keeps_contract_column_order_and_describes_extra_columns(dataset_folder):
@@ -177,3 +179,28 @@ def test_dataset_card_keeps_contract_column_order_and_describes_extra_columns(da
     text = str(card)
     assert "| `meta` | string (JSON) |" in text and "| `tile_crs` | string | additional column |" in text
     assert "| `label` | 8-bit PNG | pseudo-class `0..3` of each pixel; `255` = no mask |" in text
+
+
+def test_yaml_features_are_what_datasets_reads_back(tmp_path):
+    """The card's features, built from Features.to_dict(), are parsed by load_dataset into the writer's schema."""
+    from datasets import Dataset, Features, Image, List, Value, load_dataset
+
+    from alps_hf.hub.cards import yaml_features
+    from alps_hf.labeling.writer import dataset_features
+
+    features = dataset_features()
+    assert {"name": "segment_class", "list": "int32"} in yaml_features(features)
+    assert {"name": "meta", "dtype": "string"} in yaml_features(features)
+    # a column whose parquet type differs from the card's: load_dataset must follow the card
+    (tmp_path / "data").mkdir()
+    Dataset.from_dict({"n": [[1, 2]], "s": ["a"]}, features=Features({"n": List(Value("int64")), "s": Value("string")})).to_parquet(
+        str(tmp_path / "data" / "train-00000-of-00001.parquet")
+    )
+    wanted = Features({"n": List(Value("int32")), "s": Value("string")})
+    info = {"splits": {"train": {"num_rows": 1, "files": ["data/train-00000-of-00001.parquet"]}},
+            "features": wanted.to_dict()}
+    render_dataset_card(info).save(tmp_path / "README.md")
+    loaded = load_dataset(str(tmp_path), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.features == wanted
+    with pytest.raises(DatasetFormatError, match="column 'img' has feature"):
+        yaml_features(Features({"img": Image(mode="RGB")}))

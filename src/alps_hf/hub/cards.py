@@ -1,4 +1,4 @@
-"""Dataset and model cards, rendered from the Jinja templates shipped in `alps_hf/templates/`.
+"""Dataset and model cards, rendered from the Jinja templates shipped in `alps_hf/hub/templates/`.
 
 The YAML metadata is built as data with `huggingface_hub`'s `DatasetCardData` / `ModelCardData`
 (never by string concatenation), so `huggingface_hub.metadata_load` and the Hub parse every card.
@@ -19,7 +19,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from alps_hf import __version__
+from alps_hf import __version__, core
+from alps_hf.core import atomic_path, atomic_write_text
 from alps_hf.errors import DatasetFormatError, PublishError
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -30,14 +31,11 @@ DATASET_TAGS = ["remote-sensing", "pseudo-labels", "segment-anything", "alps"]
 NOT_MEASURED = "not yet measured"
 HISTOGRAM_FILE = "class_histogram.png"
 
-# A Hub repo id: optional "namespace/" then a name; letters, digits, "-", "_", "."; no "--" or "..",
-# no leading/trailing "-" or "."; at most 96 characters per part (the rule huggingface_hub enforces).
-_REPO_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+# What `huggingface_hub.utils.validate_repo_id` enforces, in words for error messages.
 REPO_ID_RULE = (
     "'namespace/name' (or 'name'), each part 1-96 characters of letters, digits, '-', '_' or '.', "
     "not starting or ending with '-' or '.', without '--' or '..'"
 )
-_REPO_ID = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
 
 ALPS_BIBTEX = """@article{zhang2024alps,
   title   = {ALPS: An Auto-Labeling and Pre-training Scheme for Remote Sensing Segmentation With Segment Anything Model},
@@ -107,23 +105,39 @@ def card_is_generated(text: str) -> bool:
     return bool(match) and _digest(text[: match.start()]) == match.group(1)
 
 
+def repo_id_problem(value: object) -> str | None:
+    """Why `value` is not a valid Hub repo id (huggingface_hub's own rule), or None when it is one."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(value, str):
+        return f"a repo id is a string, not {type(value).__name__}"
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        return str(err)
+    return None
+
+
+def is_hub_id(value: object) -> bool:
+    """The one rule in alps_hf.hub for "does this reference name a Hub repo".
+
+    True when `value` is a valid Hub repo id (`huggingface_hub.utils.validate_repo_id`) and no local
+    file or folder of that name exists: a bare `pseudo` or `ckpt` given on the command line that is
+    a folder here is a local path, never a Hub id.
+    """
+    return repo_id_problem(value) is None and not Path(str(value)).exists()
+
+
 def public_name(value: str | None) -> str | None:
-    """A dataset / model reference fit for a public card: Hub ids as they are, local paths by their
-    last component only (this machine's directories are nobody's business on the Hub)."""
-    if not value or is_hub_reference(value):
+    """A dataset / model reference fit for a public card or commit message.
+
+    Hub ids stay as they are; local paths are reduced to their last component (this machine's
+    directories are nobody's business on the Hub).
+    """
+    if not value or is_hub_id(value):
         return value
     return f"{Path(value).name or value} (local folder)"
-
-
-def is_repo_id(value: str | None) -> bool:
-    """True when `value` follows the Hub repo id rule (`REPO_ID_RULE`)."""
-    return isinstance(value, str) and bool(_REPO_ID.match(value))
-
-
-def is_hub_reference(value: str | None) -> bool:
-    """True when a model / dataset reference names a Hub repo: it follows the repo id rule and is not
-    a local path (a bare `pseudo` or `ckpt` given on the command line is usually a local folder)."""
-    return is_repo_id(value) and not Path(value).exists()
 
 
 def _fmt(value: Any) -> str:
@@ -163,6 +177,31 @@ def _size_category(n: int) -> str:
 # dataset cards
 
 
+def _yaml_type(spec: Mapping[str, Any], column: str) -> dict[str, Any]:
+    """The YAML `dataset_info.features` form of one feature given as `Features.to_dict()` writes it."""
+    kind = spec.get("_type")
+    if kind == "Value":
+        return {"dtype": spec["dtype"]}
+    if kind == "Image" and not {k: v for k, v in spec.items() if k != "_type" and v not in (None, True)}:
+        return {"dtype": "image"}
+    if kind in ("List", "Sequence") and spec.get("length", -1) == -1:
+        inner = _yaml_type(spec["feature"], column)
+        return {"list": inner["dtype"] if set(inner) == {"dtype"} else inner}
+    raise DatasetFormatError(
+        f"column {column!r} has feature {dict(spec)}, which the dataset card cannot describe; alps_hf datasets "
+        "hold Value, Image and List columns only: re-run `alps-hf label` to rewrite alps_dataset.json"
+    )
+
+
+def yaml_features(features) -> list[dict[str, Any]]:
+    """The card's YAML `features` list of a `datasets.Features`, built from its public `to_dict()`.
+
+    Raises:
+        DatasetFormatError: a column of a kind alps_hf datasets never hold (struct, class label, ...).
+    """
+    return [{"name": name, **_yaml_type(spec, name)} for name, spec in features.to_dict().items()]
+
+
 def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
     """The YAML header of a dataset card, built as data from an `alps_dataset.json` dict.
 
@@ -193,8 +232,8 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
     num_rows = sum(int(s.get("num_rows") or 0) for s in splits.values())
     num_bytes = sum(int(s.get("num_bytes") or 0) for s in splits.values())
     dataset_info: dict[str, Any] = {
-        # datasets' own YAML form of the features, so the Hub and load_dataset agree with the shards.
-        "features": features._to_yaml_list(),
+        # datasets' YAML form of the features, so the Hub and load_dataset agree with the shards.
+        "features": yaml_features(features),
     }
     if measured:  # a card rendered before labeling (a template) states no sizes rather than zeros
         dataset_info["splits"] = [
@@ -303,7 +342,7 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     ]
     title = info.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else "ALPS pseudo-labeled dataset")
     sam_url = (
-        f"https://huggingface.co/{sam_model}" if is_hub_reference(sam_model) else "https://arxiv.org/abs/2304.02643"
+        f"https://huggingface.co/{sam_model}" if is_hub_id(sam_model) else "https://arxiv.org/abs/2304.02643"
     )
     return {
         "title": title,
@@ -386,10 +425,9 @@ def render_class_histogram(info: Mapping[str, Any], path: str | Path) -> Path | 
     ax.set_title(f"Pixels per pseudo-class (K = {len(hist)})", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -403,9 +441,7 @@ def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:
     card = render_dataset_card(info, repo_id=repo_id)
     render_class_histogram(info, folder / HISTOGRAM_FILE)
     readme = folder / "README.md"
-    tmp = readme.with_name(".README.md.tmp")
-    card.save(tmp)
-    tmp.replace(readme)
+    atomic_write_text(readme, str(card))
     return readme
 
 
@@ -416,7 +452,7 @@ def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:
 def read_json(path: Path, error: type[Exception] = PublishError) -> dict[str, Any]:
     """Read a JSON object, raising `error` naming the file when it is missing or malformed."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = core.read_json(path)
     except FileNotFoundError as err:
         raise error(f"{path} is missing") from err
     except (OSError, ValueError) as err:
@@ -474,8 +510,8 @@ def model_card_data(folder: str | Path, repo_id: str | None = None) -> ModelCard
         pipeline_tag="image-segmentation",
         license=training.get("license") or "unknown",
         # Only Hub ids are metadata; a local path would make a broken link on the Hub.
-        datasets=[dataset] if is_hub_reference(dataset) else None,
-        base_model=base if is_hub_reference(base) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        base_model=base if is_hub_id(base) else None,
         tags=tags,
         metrics=[k for k in _METRIC_NAMES if k in values] or None,
         model_name=(repo_id or folder.resolve().name).split("/")[-1],
@@ -527,9 +563,9 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
         "model_bibtex": _BIBTEX.get(family),
         "num_labels": len(id2label) or config.get("num_labels") or "unknown",
         "dataset": dataset,
-        "dataset_is_hub": is_hub_reference(dataset),
+        "dataset_is_hub": is_hub_id(dataset),
         "base": training.get("base_model") or training.get("backbone"),
-        "base_is_hub": is_hub_reference(training.get("base_model") or training.get("backbone")),
+        "base_is_hub": is_hub_id(training.get("base_model") or training.get("backbone")),
         "alps_hf_version": training.get("alps_hf_version") or __version__,
         "repo_ref": repo_id or "path/to/this/folder",
         "training_rows": [
@@ -584,7 +620,5 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     """(Re)write `README.md` of a model folder; returns its path."""
     folder = Path(folder)
     readme = folder / "README.md"
-    tmp = readme.with_name(".README.md.tmp")
-    render_model_card(folder, repo_id).save(tmp)
-    tmp.replace(readme)
+    atomic_write_text(readme, str(render_model_card(folder, repo_id)))
     return readme

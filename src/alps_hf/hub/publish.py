@@ -34,12 +34,12 @@ from alps_hf.hub.cards import (
     HISTOGRAM_FILE,
     REPO_ID_RULE,
     card_is_generated,
-    is_repo_id,
     public_name,
     read_json,
     render_class_histogram,
     render_dataset_card,
     render_model_card,
+    repo_id_problem,
 )
 
 Kind = Literal["dataset", "model"]
@@ -99,8 +99,11 @@ class PushResult:
 
 def check_repo_id(repo_id: str) -> str:
     """Return `repo_id` or raise PublishError stating the Hub's naming rule."""
-    if not is_repo_id(repo_id):
-        raise PublishError(f"invalid repo id {repo_id!r}: a Hub repo id is {REPO_ID_RULE}; fix --repo-id")
+    problem = repo_id_problem(repo_id)
+    if problem is not None:
+        raise PublishError(
+            f"invalid repo id {repo_id!r}: a Hub repo id is {REPO_ID_RULE} ({problem}); fix --repo-id"
+        )
     return repo_id
 
 
@@ -210,7 +213,7 @@ def stage(
 
 
 def _card_split_patterns(readme: Path) -> dict[str, list[str]] | None:
-    """split -> data_files patterns of the default config in a card's YAML, or None without configs."""
+    """Split -> data_files patterns of the default config in a card's YAML, or None without configs."""
     from huggingface_hub import metadata_load
 
     try:
