@@ -398,3 +398,25 @@ def _assert_no_token(texts, folders):
         for path in Path(folder).rglob("*"):
             if path.is_file():
                 assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_auth_errors_are_recognised_by_exception_class(dataset_src, tmp_path, token_env):
+    """A RepositoryNotFoundError from upload (no rights / no such repo) is a refusal; upload gets the ignore rule."""
+    import httpx2
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from alps_hf.hub.publish import IGNORE_PATTERNS
+
+    response = httpx2.Response(404, request=httpx2.Request("POST", "https://huggingface.co/api/x"))
+    api = FakeHfApi(tmp_path / "hub", fail_upload=RepositoryNotFoundError("no such repo", response=response))
+    with pytest.raises(PublishError, match=r"refused to write to alps/isaid-pseudo .*hf auth login"):
+        push_to_hub(dataset_src, "alps/isaid-pseudo", api=api)
+    assert api.calls[-1][1]["ignore_patterns"][: len(IGNORE_PATTERNS)] == list(IGNORE_PATTERNS)
+
+    class AuthErrorLookalike(Exception):  # a class *name* is no evidence of an auth failure
+        pass
+
+    AuthErrorLookalike.__name__ = "LocalTokenNotFoundError"
+    api = FakeHfApi(tmp_path / "hub2", fail_upload=AuthErrorLookalike("boom"))
+    with pytest.raises(PublishError, match="upload to alps/isaid-pseudo failed"):
+        push_to_hub(dataset_src, "alps/isaid-pseudo", api=api)

@@ -17,18 +17,17 @@ passed around, printed or written by this module.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from alps_hf import __version__
 from alps_hf.config_utils import arg
+from alps_hf.core import atomic_write_text
 from alps_hf.errors import ConfigError, PublishError
 from alps_hf.hub.cards import (
     HISTOGRAM_FILE,
@@ -51,13 +50,27 @@ LOGIN_HELP = (
     "access to that namespace"
 )
 
-# Never uploaded: pass-1 intermediates, training checkpoints, temporary and hidden files.
-EXCLUDED_DIRS = ("work", "checkpoints", "__pycache__", "runs")
-EXCLUDED_GLOBS = ("checkpoint-*", "*.tmp", "*.tmp.*", "*.partial", "*.lock", "*~", ".*")
-KEPT_HIDDEN = (".gitattributes",)
+# Never uploaded: pass-1 intermediates, training checkpoints, temporary and hidden files. These are
+# `upload_folder(ignore_patterns=...)` patterns (fnmatch on the path relative to the folder, where
+# `*` also matches `/`), applied with huggingface_hub's own `filter_repo_objects`, so the staged
+# folder, the dry-run list and the commit all follow one rule.
+IGNORE_PATTERNS = (
+    "work/*",
+    "checkpoints/*",
+    "runs/*",
+    "checkpoint-*",
+    "*/checkpoint-*",
+    "*__pycache__/*",
+    ".*",
+    "*/.*",
+    "*.tmp",
+    "*.tmp.*",
+    "*.partial",
+    "*.lock",
+    "*~",
+)
 
 _SHARD = re.compile(r"^data/(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
-
 
 @dataclass
 class PushConfig:
@@ -137,28 +150,33 @@ def detect_kind(folder: str | Path) -> Kind:
     )
 
 
-def _excluded(rel: Path) -> bool:
-    parts = rel.parts
-    if parts[0] in EXCLUDED_DIRS:
-        return True
-    for part in parts:
-        if part in KEPT_HIDDEN:
-            continue
-        if any(fnmatch.fnmatch(part, pattern) for pattern in EXCLUDED_GLOBS):
-            return True
-    return False
+def _all_files(folder: Path) -> list[str]:
+    """Every file under `folder` (symlinks to files followed), relative POSIX paths, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def iter_upload_files(folder: str | Path) -> Iterator[Path]:
-    """Files of `folder` that belong in the repo, relative, sorted (symlinks to files followed)."""
-    folder = Path(folder)
-    for root, dirs, files in os.walk(folder):
-        rel_root = Path(root).relative_to(folder)
-        dirs[:] = sorted(d for d in dirs if not _excluded(rel_root / d))
-        for name in sorted(files):
-            rel = rel_root / name
-            if not _excluded(rel) and (folder / rel).is_file():
-                yield rel
+def upload_files(folder: str | Path) -> list[str]:
+    """Files of `folder` that belong in the repo: relative POSIX paths, sorted.
+
+    Args:
+        folder: a dataset or model folder.
+
+    Returns:
+        The paths that `upload_folder(ignore_patterns=IGNORE_PATTERNS)` would send.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(filter_repo_objects(_all_files(Path(folder)), ignore_patterns=list(IGNORE_PATTERNS)))
+
+
+def left_out(folder: str | Path, kept: list[str]) -> list[str]:
+    """Top-level entries of `folder` none of whose files are uploaded (e.g. `work`, `checkpoints`)."""
+    tops: dict[str, bool] = {}
+    kept_set = set(kept)
+    for rel in _all_files(Path(folder)):
+        top = rel.split("/", 1)[0]
+        tops[top] = tops.get(top, False) or rel in kept_set
+    return sorted(top for top, any_kept in tops.items() if not any_kept)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -174,7 +192,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _write_staged(path: Path, text: str) -> None:
     if path.exists():
         path.unlink()  # break a hard link to the source folder before writing
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
 
 
 def stage(
@@ -191,7 +209,7 @@ def stage(
     """
     folder, dest = Path(folder), Path(dest)
     kind = kind or detect_kind(folder)
-    for rel in iter_upload_files(folder):
+    for rel in upload_files(folder):
         _link_or_copy(folder / rel, dest / rel)
     readme = folder / "README.md"
     local_text = readme.read_text(encoding="utf-8") if readme.is_file() else None
@@ -212,30 +230,104 @@ def stage(
 # validation (on the staged folder, before anything is sent)
 
 
-def _card_split_patterns(readme: Path) -> dict[str, list[str]] | None:
-    """Split -> data_files patterns of the default config in a card's YAML, or None without configs."""
-    from huggingface_hub import metadata_load
-
-    try:
-        meta = metadata_load(readme) or {}
-    except Exception as err:  # yaml raises many types
+def _check_shard_names(split: str, files: list[str]) -> None:
+    """Shards of a split are named data/<split>-NNNNN-of-NNNNN.parquet with indices 0..N-1."""
+    if not files:
+        raise PublishError(f"split {split!r} in {DATASET_MARKER} lists no shard files")
+    for path in files:
+        match = _SHARD.match(path)
+        if not match or match.group("split") != split:
+            raise PublishError(
+                f"shard {path!r} of split {split!r} is not named data/{split}-NNNNN-of-NNNNN.parquet; "
+                "re-run `alps-hf label` rather than renaming shards by hand"
+            )
+    expected = [f"data/{split}-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
+    if sorted(files) != expected:
         raise PublishError(
-            f"{readme.name} has YAML that does not parse: {err}; fix it or delete it to regenerate"
-        ) from err
-    configs = meta.get("configs")
-    if not configs:
-        return None
-    config = next((c for c in configs if c.get("config_name", "default") == "default"), configs[0])
-    data_files = config.get("data_files")
-    if isinstance(data_files, (str, list)) and (
-        isinstance(data_files, str) or all(isinstance(d, str) for d in data_files)
-    ):
-        return {"train": [data_files] if isinstance(data_files, str) else list(data_files)}
-    out: dict[str, list[str]] = {}
-    for entry in data_files or []:
-        paths = entry.get("path")
-        out[entry.get("split", "train")] = [paths] if isinstance(paths, str) else list(paths or [])
-    return out
+            f"split {split!r} lists {len(files)} shard(s) {sorted(files)} but expects {expected}: "
+            "shard numbering or count is inconsistent"
+        )
+
+
+def _count_shard_rows(folder: Path, split: str, files: list[str], columns: list[str]) -> int:
+    """Rows in a split's shards, each shard checked to exist, to parse and to hold `columns`."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in files:
+        if not (folder / path).is_file():
+            raise PublishError(
+                f"shard {path} of split {split!r} is listed in {DATASET_MARKER} but missing from the folder"
+            )
+        try:
+            meta = pq.read_metadata(folder / path)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise PublishError(f"shard {path} is not a readable parquet file: {err}") from err
+        rows += meta.num_rows
+        found = list(meta.schema.to_arrow_schema().names)
+        # Order is not compared: alps_dataset.json may be written with sorted keys.
+        if columns and sorted(found) != sorted(columns):
+            raise PublishError(f"shard {path} has columns {found}, {DATASET_MARKER} features say {columns}")
+    return rows
+
+
+def _check_splits(folder: Path, splits: dict[str, Any], columns: list[str]) -> None:
+    """Every split's shards are well named, present, readable, and hold the rows alps_dataset.json says."""
+    for split, entry in splits.items():
+        files = list(entry.get("files") or [])
+        _check_shard_names(split, files)
+        rows = _count_shard_rows(folder, split, files, columns)
+        if "num_rows" in entry and rows != int(entry["num_rows"]):
+            raise PublishError(
+                f"split {split!r}: shards hold {rows} rows, {DATASET_MARKER} says {entry['num_rows']}; "
+                "the folder was changed after labeling, re-run `alps-hf label`"
+            )
+    listed = {f for entry in splits.values() for f in entry["files"]}
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.glob("data/**/*.parquet")}
+    extra = sorted(on_disk - listed)
+    if extra:
+        raise PublishError(
+            f"parquet files {extra} are under data/ but not listed in {DATASET_MARKER}; remove them or re-run "
+            "`alps-hf label`"
+        )
+
+
+def _check_card_data_files(folder: Path, splits: dict[str, Any]) -> None:
+    """The data files `datasets` resolves for the folder (card `configs` or its defaults) are the shards."""
+    import datasets
+
+    with tempfile.TemporaryDirectory(prefix="alps-hf-validate-") as cache:
+        try:
+            builder = datasets.load_dataset_builder(str(folder), cache_dir=cache)
+        except Exception as err:  # datasets raises many types for a bad card or layout
+            raise PublishError(
+                f"`datasets` cannot read the folder as a dataset ({type(err).__name__}: {err}); fix README.md's "
+                "YAML or delete README.md to regenerate it"
+            ) from err
+    resolved = {
+        split: sorted(Path(f).resolve().relative_to(folder.resolve()).as_posix() for f in files)
+        for split, files in (builder.config.data_files or {}).items()
+    }
+    if set(resolved) != set(splits):
+        raise PublishError(
+            f"README.md configs name splits {sorted(resolved)}, {DATASET_MARKER} has {sorted(splits)}"
+        )
+    for split, entry in splits.items():
+        if resolved[split] != sorted(entry["files"]):
+            raise PublishError(
+                f"README.md configs select {resolved[split]} for split {split!r}, {DATASET_MARKER} lists "
+                f"{sorted(entry['files'])}; pass --overwrite-card or fix the card's data_files"
+            )
+
+
+def _check_id2label(folder: Path, info: dict[str, Any]) -> None:
+    """id2label.json exists and has num_clusters entries."""
+    if not (folder / "id2label.json").is_file():
+        raise PublishError("id2label.json is missing from the dataset folder; re-run `alps-hf label`")
+    id2label = read_json(folder / "id2label.json")
+    k = info.get("num_clusters")
+    if k is not None and len(id2label) != int(k):
+        raise PublishError(f"id2label.json has {len(id2label)} classes, {DATASET_MARKER} says num_clusters={k}")
 
 
 def validate_dataset(folder: str | Path) -> dict[str, Any]:
@@ -243,94 +335,26 @@ def validate_dataset(folder: str | Path) -> dict[str, Any]:
 
     Checks: every split's shards exist and are named `data/<split>-NNNNN-of-NNNNN.parquet` with
     indices 0..N-1 and N equal to the number of files listed; no unlisted parquet under `data/`;
-    row counts and columns agree with alps_dataset.json; the card's `configs` select exactly
-    these shards per split; id2label.json has K entries.
+    row counts and columns agree with alps_dataset.json; the data files `datasets` resolves for the
+    folder (the card's `configs`) are exactly these shards per split; id2label.json has K entries.
+
+    Args:
+        folder: the staged dataset folder.
+
+    Returns:
+        The alps_dataset.json dict.
 
     Raises:
         PublishError: naming the first inconsistency and how to fix it.
     """
-    import pyarrow.parquet as pq
-
     folder = Path(folder)
     info = read_json(folder / DATASET_MARKER)
     splits = info.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise PublishError(f"{DATASET_MARKER} lists no splits; re-run `alps-hf label` to rewrite the folder")
-    features = list((info.get("features") or {}).keys())
-    listed: set[str] = set()
-    for split, entry in splits.items():
-        files = list(entry.get("files") or [])
-        if not files:
-            raise PublishError(f"split {split!r} in {DATASET_MARKER} lists no shard files")
-        for path in files:
-            match = _SHARD.match(path)
-            if not match or match.group("split") != split:
-                raise PublishError(
-                    f"shard {path!r} of split {split!r} is not named data/{split}-NNNNN-of-NNNNN.parquet; "
-                    "re-run `alps-hf label` rather than renaming shards by hand"
-                )
-        expected = [f"data/{split}-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
-        if sorted(files) != expected:
-            raise PublishError(
-                f"split {split!r} lists {len(files)} shard(s) {sorted(files)} but expects {expected}: "
-                "shard numbering or count is inconsistent"
-            )
-        rows = 0
-        for path in files:
-            if not (folder / path).is_file():
-                raise PublishError(
-                    f"shard {path} of split {split!r} is listed in {DATASET_MARKER} but missing from the folder"
-                )
-            try:
-                meta = pq.read_metadata(folder / path)
-            except Exception as err:
-                raise PublishError(f"shard {path} is not a readable parquet file: {err}") from err
-            rows += meta.num_rows
-            columns = list(meta.schema.to_arrow_schema().names)
-            # Order is not compared: alps_dataset.json may be written with sorted keys.
-            if features and sorted(columns) != sorted(features):
-                raise PublishError(
-                    f"shard {path} has columns {columns}, {DATASET_MARKER} features say {features}"
-                )
-        if "num_rows" in entry and rows != int(entry["num_rows"]):
-            raise PublishError(
-                f"split {split!r}: shards hold {rows} rows, {DATASET_MARKER} says {entry['num_rows']}; "
-                "the folder was changed after labeling, re-run `alps-hf label`"
-            )
-        listed.update(files)
-    on_disk = (
-        {p.relative_to(folder).as_posix() for p in (folder / "data").rglob("*.parquet")}
-        if (folder / "data").is_dir()
-        else set()
-    )
-    extra = sorted(on_disk - listed)
-    if extra:
-        raise PublishError(
-            f"parquet files {extra} are under data/ but not listed in {DATASET_MARKER}; remove them or re-run `alps-hf label`"
-        )
-    readme = folder / "README.md"
-    if readme.is_file():
-        patterns = _card_split_patterns(readme)
-        if patterns is not None:
-            if set(patterns) != set(splits):
-                raise PublishError(
-                    f"README.md configs name splits {sorted(patterns)}, {DATASET_MARKER} has {sorted(splits)}"
-                )
-            for split, entry in splits.items():
-                selected = sorted(f for f in on_disk if any(fnmatch.fnmatch(f, p) for p in patterns[split]))
-                if selected != sorted(entry["files"]):
-                    raise PublishError(
-                        f"README.md configs select {selected} for split {split!r}, {DATASET_MARKER} lists "
-                        f"{sorted(entry['files'])}; pass --overwrite-card or fix the card's data_files"
-                    )
-    k = info.get("num_clusters")
-    id2label = read_json(folder / "id2label.json") if (folder / "id2label.json").is_file() else None
-    if id2label is None:
-        raise PublishError("id2label.json is missing from the dataset folder; re-run `alps-hf label`")
-    if k is not None and len(id2label) != int(k):
-        raise PublishError(
-            f"id2label.json has {len(id2label)} classes, {DATASET_MARKER} says num_clusters={k}"
-        )
+    _check_splits(folder, splits, list((info.get("features") or {}).keys()))
+    _check_card_data_files(folder, splits)
+    _check_id2label(folder, info)
     return info
 
 
@@ -388,7 +412,7 @@ def _default_message(kind: Kind, folder: Path, info: dict[str, Any]) -> str:
         rows = sum(int(s.get("num_rows", 0)) for s in info["splits"].values())
         return (
             f"Upload ALPS pseudo-labeled dataset: {rows} images, K={info.get('num_clusters')} pseudo-classes, "
-            f"SAM {info.get('sam_model')} (alps_hf {info.get('alps_hf_version') or __version__})"
+            f"SAM {public_name(info.get('sam_model'))} (alps_hf {info.get('alps_hf_version') or __version__})"
         )
     training = (
         read_json(folder / "training_config.json") if (folder / "training_config.json").is_file() else {}
@@ -426,8 +450,13 @@ def _scrub(message: str, token: str | None) -> str:
 
 
 def _is_auth_error(err: Exception) -> bool:
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    return status in (401, 403) or type(err).__name__ in ("LocalTokenNotFoundError",)
+    """True for the Hub's "who are you / not yours" answers: no token, 401, 403, or no such repo for you."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
+
+    if isinstance(err, (LocalTokenNotFoundError, RepositoryNotFoundError)):
+        return True
+    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+    return getattr(response, "status_code", None) in (401, 403)
 
 
 def _hub_readme(api, repo_id: str, repo_type: str, revision: str | None, tmp: Path) -> str | None:
@@ -483,63 +512,86 @@ def push_to_hub(
     """
     check_repo_id(repo_id)
     folder = Path(folder)
-    kind = detect_kind(folder)
-    repo_type = "dataset" if kind == "dataset" else "model"
-    top_level = sorted(p.name for p in folder.iterdir())
     with tempfile.TemporaryDirectory(prefix="alps-hf-push-") as tmp:
         staged = Path(tmp) / "repo"
-        staged.mkdir()
-        _, card = stage(folder, staged, repo_id=repo_id, kind=kind)
-        info = validate_dataset(staged) if kind == "dataset" else validate_model(staged, name=folder.name)
-        message = commit_message or _default_message(kind, folder, info)
-        files = [p.as_posix() for p in iter_upload_files(staged)]
-        url = repo_url(repo_id, kind, revision)
-        excluded = [n for n in top_level if _excluded(Path(n))]
-        result = PushResult(kind, repo_id, url, files, message, card, excluded=excluded)
-        if dry_run:
-            return result
-
-        if api is None:
-            api = default_api()
-        token = _token(api)
-        if not token:
-            raise PublishError(f"no Hugging Face token found to push {repo_id}: {LOGIN_HELP}")
-        sent_anything = False
-        try:
-            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-            if revision and revision != "main":
-                api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-            hub_card = _hub_readme(api, repo_id, repo_type, revision, Path(tmp) / "hub")
-            if hub_card is not None and not overwrite_card and not card_is_generated(hub_card):
-                # Edited on the Hub: keep it. Leaving README.md out of the staged folder means
-                # upload_folder does not touch the Hub's copy.
-                if hub_card != (staged / "README.md").read_text(encoding="utf-8"):
-                    (staged / "README.md").unlink()
-                    result.card = "kept-hub-card"
-                    result.files = [f for f in files if f != "README.md"]
-            sent_anything = True
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=str(staged),
-                repo_type=repo_type,
-                revision=revision,
-                commit_message=message,
-            )
-        except PublishError:
-            raise
-        except Exception as err:
-            detail = _scrub(f"{type(err).__name__}: {err}", token)
-            if _is_auth_error(err):
-                raise PublishError(
-                    f"the Hub refused to write to {repo_id} ({detail}); {LOGIN_HELP}"
-                ) from None
-            stage_text = "upload" if sent_anything else "repo creation"
-            raise PublishError(
-                f"{stage_text} to {repo_id} failed ({detail}); the local folder {folder} is unchanged, "
-                "run the same command again to retry"
-            ) from None
-        result.commit_url = getattr(commit, "commit_url", None)
+        result = _stage_and_validate(folder, staged, repo_id, revision, commit_message)
+        if not dry_run:
+            _send(api or default_api(), result, staged, Path(tmp) / "hub", private, revision, overwrite_card)
     return result
+
+
+def _stage_and_validate(
+    folder: Path, staged: Path, repo_id: str, revision: str | None, commit_message: str | None
+) -> PushResult:
+    """Step 1 of a push: stage exactly what will be sent, validate it, and say what it is."""
+    kind = detect_kind(folder)
+    staged.mkdir()
+    _, card = stage(folder, staged, repo_id=repo_id, kind=kind)
+    info = validate_dataset(staged) if kind == "dataset" else validate_model(staged, name=folder.name)
+    files = upload_files(staged)
+    return PushResult(
+        kind,
+        repo_id,
+        repo_url(repo_id, kind, revision),
+        files,
+        commit_message or _default_message(kind, folder, info),
+        card,
+        excluded=left_out(folder, upload_files(folder)),
+    )
+
+
+def _keep_hub_card(api, result: PushResult, staged: Path, hub_dir: Path, revision: str | None) -> None:
+    """Leave a README.md edited by hand on the Hub alone: drop the staged card so the commit skips it."""
+    hub_card = _hub_readme(api, result.repo_id, result.kind, revision, hub_dir)
+    if hub_card is None or card_is_generated(hub_card):
+        return
+    if hub_card != (staged / "README.md").read_text(encoding="utf-8"):
+        (staged / "README.md").unlink()
+        result.card = "kept-hub-card"
+        result.files = [f for f in result.files if f != "README.md"]
+
+
+def _send(
+    api, result: PushResult, staged: Path, hub_dir: Path, private: bool, revision: str | None, overwrite_card: bool
+) -> None:
+    """Step 2 of a push: repo, branch, the Hub's card, then ONE upload_folder commit (fills result.commit_url)."""
+    token = _token(api)
+    if not token:
+        raise PublishError(f"no Hugging Face token found to push {result.repo_id}: {LOGIN_HELP}")
+    repo_type = result.kind
+    sent_anything = False
+    try:
+        api.create_repo(result.repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(result.repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        if not overwrite_card:
+            _keep_hub_card(api, result, staged, hub_dir, revision)
+        sent_anything = True
+        commit = api.upload_folder(
+            repo_id=result.repo_id,
+            folder_path=str(staged),
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=result.commit_message,
+            ignore_patterns=list(IGNORE_PATTERNS),  # the staged folder already follows them; one rule
+        )
+    except Exception as err:
+        raise _hub_failure(err, result.repo_id, token, sent_anything) from None
+    result.commit_url = getattr(commit, "commit_url", None)
+
+
+def _hub_failure(err: Exception, repo_id: str, token: str, sent_anything: bool) -> PublishError:
+    """The PublishError for an exception raised while talking to the Hub (token scrubbed from it)."""
+    if isinstance(err, PublishError):
+        return err
+    detail = _scrub(f"{type(err).__name__}: {err}", token)
+    if _is_auth_error(err):
+        return PublishError(f"the Hub refused to write to {repo_id} ({detail}); {LOGIN_HELP}")
+    stage_text = "upload" if sent_anything else "repo creation"
+    return PublishError(
+        f"{stage_text} to {repo_id} failed ({detail}); the local folder is unchanged, "
+        "run the same command again to retry"
+    )
 
 
 def run_push(config: PushConfig, api=None) -> int:
