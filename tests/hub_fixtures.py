@@ -16,38 +16,21 @@ from PIL import Image
 
 K = 4
 FAKE_TOKEN = "hf_FAKEtokenForTestsOnly0123456789abcdef"
-GENERATOR = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "crop_nms_thresh": 0.7,
-    "crop_overlap_ratio": 0.3413,
-    "crop_n_points_downscale_factor": 1,
-    "max_area_fraction": 0.3,
-    "min_area": 0,
-    "mask_threshold": 0.0,
-}
+
+
+def label_flags(root: Path, **overrides):
+    """The `alps-hf label` flags the fixture folder pretends to come from."""
+    from alps_hf.labeling.config import LabelConfig
+
+    return LabelConfig(inputs=["tiles"], output=str(root), sam="facebook/sam-vit-base", num_clusters=K,
+                       license="cc-by-4.0", **overrides)
 
 
 def features():
-    from datasets import Features, Image, List, Value
+    """The columns of the folder: the labeling stage's own schema, so the fixture cannot drift from it."""
+    from alps_hf.labeling.writer import dataset_features
 
-    return Features(
-        {
-            "image": Image(),
-            "label": Image(),
-            "segments": Image(),
-            "segment_class": List(Value("int64")),
-            "segment_area": List(Value("int64")),
-            "segment_iou": List(Value("float32")),
-            "segment_stability": List(Value("float32")),
-            "source": Value("string"),
-        }
-    )
+    return dataset_features()
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -75,6 +58,7 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
                 "segment_iou": [0.9 + 0.01 * i, 0.95],
                 "segment_stability": [0.96, 0.97],
                 "source": f"tile_{i:03d}.png",
+                "meta": json.dumps({"size": [16, 16]}),
             }
         )
     return rows
@@ -97,17 +81,15 @@ def make_dataset_folder(root: Path, rows_per_shard: tuple[int, ...] = (3, 2), sp
         total_bytes += (root / rel).stat().st_size
         offset += count
     total = sum(rows_per_shard)
+    from alps_hf.labeling.pipeline import dataset_info_base
+
+    flags = label_flags(root, split=split)
     info = {
+        # the record `alps-hf label` starts from, then what pass 2 adds (as labeling's finish_folder does)
+        **dataset_info_base(flags, "generated test tiles"),
         "alps_hf_version": "0.1.0",
-        "sam_model": "facebook/sam-vit-base",
-        "sam_revision": None,
         "num_clusters": K,
         "feature_normalization": "l2",
-        "seed": 0,
-        "source": "generated test tiles",
-        "license": "cc-by-4.0",
-        "pretty_name": None,
-        "generator": dict(GENERATOR),
         "splits": {split: {"num_rows": total, "files": files, "num_bytes": total_bytes}},
         "stats": {
             "images": total,
@@ -129,7 +111,9 @@ def make_dataset_folder(root: Path, rows_per_shard: tuple[int, ...] = (3, 2), sp
     save_file({"centroids": np.eye(K, 8, dtype=np.float32)}, str(root / "cluster_model.safetensors"))
     (root / "cluster_model.json").write_text(json.dumps({"num_clusters": K, "feature_dim": 8}))
     Image.new("RGB", (8, 8), (10, 20, 30)).save(root / "preview.png")
-    (root / "label_config.json").write_text(json.dumps({"num_clusters": K}))
+    from alps_hf.config_utils import save_config
+
+    save_config(flags, root / "label_config.json", alps_hf_version="0.1.0")
     (root / "failures.jsonl").write_text(json.dumps({"path": "broken.png", "reason": "truncated"}) + "\n")
     (root / "work").mkdir(exist_ok=True)
     (root / "work" / "pass1-00000.parquet").write_bytes(b"intermediate")

@@ -113,6 +113,9 @@ def test_uploaded_dataset_round_trips_through_load_dataset(dataset_src, tmp_path
     uploaded = load_dataset(str(api.received), cache_dir=str(tmp_path / "cache_up"))
     assert list(uploaded) == ["train"]
     assert uploaded["train"].features == source["train"].features
+    from alps_hf.labeling.writer import dataset_features
+
+    assert uploaded["train"].features == dataset_features()  # the card's YAML says what the writer wrote
     assert uploaded["train"].num_rows == 5
     assert uploaded["train"].with_format("arrow")[:] == source["train"].with_format("arrow")[:]
     labels = uploaded["train"][0]["label"]
