@@ -36,6 +36,18 @@ COMMANDS: dict[str, Command] = {
         "Re-cluster an existing labeled folder with another K, without re-running SAM.",
         positional="folder",
     ),
+    "score": Command(
+        "alps_hf.labeling.score:run_score",
+        ("alps_hf.labeling.score:ScoreConfig",),
+        "Score pseudo-labels against ground truth: coverage, majority / Hungarian mIoU, cluster -> class table.",
+        positional="pseudo",
+    ),
+    "make-dataset": Command(
+        "alps_hf.labeled.make_dataset:run_make_dataset",
+        ("alps_hf.labeled.make_dataset:MakeDatasetConfig",),
+        "Turn an images/ + labels/ folder pair into a labeled Hub-layout dataset for finetune / evaluate.",
+        positional="folders",
+    ),
     "push": Command(
         "alps_hf.hub.publish:run_push",
         ("alps_hf.hub.publish:PushConfig",),
