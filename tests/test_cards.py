@@ -211,3 +211,106 @@ def test_yaml_features_are_what_datasets_reads_back(tmp_path):
     assert loaded.features == wanted
     with pytest.raises(DatasetFormatError, match="column 'img' has feature"):
         yaml_features(Features({"img": Image(mode="RGB")}))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: what a newcomer read wrongly in the cards
+
+
+def test_local_card_reads_the_folder_not_the_hub(dataset_folder):
+    local = (dataset_folder / "README.md").read_text()  # written without a repo id, as `alps-hf label` does
+    assert 'hf_hub_download("path/to/this/folder"' not in local
+    assert 'json.load(open("path/to/this/folder/id2label.json"))' in local
+    pushed = str(render_dataset_card(json.loads((dataset_folder / "alps_dataset.json").read_text()), "alps/x"))
+    assert 'hf_hub_download("alps/x", "id2label.json", repo_type="dataset")' in pushed
+
+
+def test_local_sam_is_named_by_folder_and_hashed(tmp_path):
+    import hashlib
+
+    sam = tmp_path / "private" / "models" / "toy-sam"
+    sam.mkdir(parents=True)
+    (sam / "model.safetensors").write_bytes(b"weights of a local SAM")
+    (sam / "config.json").write_text("{}")
+    root = make_dataset_folder(tmp_path / "pseudo")
+    config = json.loads((root / "label_config.json").read_text())
+    (root / "label_config.json").write_text(json.dumps({**config, "sam": str(sam)}))
+    info = json.loads((root / "alps_dataset.json").read_text())
+    (root / "alps_dataset.json").write_text(json.dumps({**info, "sam_model": str(sam)}))
+    from alps_hf.hub.cards import write_dataset_card
+
+    text = write_dataset_card(root).read_text()
+    digest = hashlib.sha256(b"weights of a local SAM").hexdigest()
+    assert f"| SAM revision | local weights, sha256 of `model.safetensors`: `{digest}` |" in text
+    assert "| SAM checkpoint | `toy-sam (local folder)` |" in text
+    assert str(tmp_path) not in text and "private/models" not in text
+    assert "https://arxiv.org/abs/2304.02643" in text  # no Hub link for a local model
+    (sam / "model.safetensors").unlink()
+    assert "its weights were not found here to hash" in write_dataset_card(root).read_text()
+
+
+def test_card_follows_the_split_of_the_run_and_loads_as_written(tmp_path):
+    from datasets import load_dataset
+
+    root = make_dataset_folder(tmp_path / "pseudo", rows_per_shard=(2,), split="validation")
+    text = (root / "README.md").read_text()
+    assert 'split="validation"' in text and 'split="train"' not in text
+    ds = load_dataset(str(root), split="validation", cache_dir=str(tmp_path / "cache"))  # the snippet, on the folder
+    assert ds.num_rows == 2
+
+
+def test_clusters_run_names_where_its_centroids_came_from(tmp_path):
+    root = make_dataset_folder(tmp_path / "pseudo")
+    default = (root / "README.md").read_text()
+    assert "| clustering | online (mini-batch) K-means, fitted on these images' masks |" in default
+    config = json.loads((root / "label_config.json").read_text())
+    (root / "label_config.json").write_text(json.dumps({**config, "clusters": str(tmp_path / "old-run")}))
+    from alps_hf.hub.cards import write_dataset_card
+
+    text = write_dataset_card(root).read_text()
+    assert (
+        "| clustering | centroids of an existing cluster model, `old-run (local folder)` (`--clusters`): "
+        "not fitted on these images |"
+    ) in text
+    assert str(tmp_path) not in text
+
+
+def test_model_card_with_metrics_but_no_evaluation(tmp_path):
+    root, _ = make_model_folder(tmp_path / "ckpt", metrics=False)
+    (root / "metrics.json").write_text(json.dumps({"step": 1, "eval": {}, "history": [{"step": 1, "loss": 2.0}]}))
+    text = str(render_model_card(root))
+    assert "has no `metrics.json`" not in text
+    assert "`metrics.json` records the training run but no evaluation" in text
+    assert "the run logged 1 training step(s), too few for a curve" in text
+    assert "![training curve]" not in text
+    assert "model-index" not in metadata_load_text(text)
+
+
+def metadata_load_text(text: str) -> dict:
+    """The YAML header of a card given as text."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(text).data.to_dict()
+
+
+def test_training_curve_of_a_short_run_shows_points_and_says_too_little(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from alps_hf.hub.cards import render_training_curve
+
+    def blue_pixels(path):  # tab:blue marker pixels inside the plot area (the y label is outside it)
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        h, w, _ = rgb.shape
+        core = rgb[h // 5 : 4 * h // 5, w // 5 : 4 * w // 5]
+        return int((np.abs(core - [31, 119, 180]).sum(-1) < 40).sum())
+
+    def red_pixels(path):  # the "too few" note is drawn in tab:red, a colour nothing else uses
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((np.abs(rgb - [214, 39, 40]).sum(-1) < 40).sum())
+
+    one = render_training_curve([{"step": 1, "loss": 1.5}], [], tmp_path / "one.png")
+    three = render_training_curve([{"step": s, "loss": 2.0 - s / 4} for s in (1, 2, 3)], [], tmp_path / "three.png")
+    assert blue_pixels(one) > 8  # a single step is a visible marker (a plain line draws nothing)
+    assert red_pixels(one) > 100 and red_pixels(three) == 0
+    assert not list(tmp_path.glob(".*"))  # written atomically, no temporary left

@@ -251,7 +251,10 @@ def test_dry_run_needs_no_token_and_sends_nothing(model_src, tmp_path, monkeypat
     api = FakeHfApi(tmp_path / "hub")
     assert main_with_api(api, ["push", str(folder), "--repo-id", "alps/m", "--dry-run"]) == 0
     assert api.calls == []
-    assert "would upload 8 files" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "would upload 8 files" in out
+    listed = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert listed == MODEL_FILES  # --dry-run lists exactly what would be sent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,3 +426,20 @@ def test_auth_errors_are_recognised_by_exception_class(dataset_src, tmp_path, to
     api = FakeHfApi(tmp_path / "hub2", fail_upload=AuthErrorLookalike("boom"))
     with pytest.raises(PublishError, match="upload to alps/isaid-pseudo failed"):
         push_to_hub(dataset_src, "alps/isaid-pseudo", api=api)
+
+
+def test_commit_message_and_card_name_a_local_sam_by_folder_only(dataset_dir, tmp_path, token_env):
+    sam = tmp_path / "home" / "me" / "toy-sam"
+    sam.mkdir(parents=True)
+    (sam / "model.safetensors").write_bytes(b"w")
+    info = json.loads((dataset_dir / "alps_dataset.json").read_text())
+    (dataset_dir / "alps_dataset.json").write_text(json.dumps({**info, "sam_model": str(sam)}))
+    config = json.loads((dataset_dir / "label_config.json").read_text())
+    (dataset_dir / "label_config.json").write_text(json.dumps({**config, "sam": str(sam)}))
+    api = FakeHfApi(tmp_path / "hub")
+    result = push_to_hub(dataset_dir, "alps/isaid-pseudo", api=api)
+    assert result.commit_message == (
+        "Upload ALPS pseudo-labeled dataset: 5 images, K=4 pseudo-classes, SAM toy-sam (local folder) (alps_hf 0.1.0)"
+    )
+    readme = (api.received / "README.md").read_text()
+    assert str(tmp_path) not in readme and "home/me" not in readme and "toy-sam (local folder)" in readme

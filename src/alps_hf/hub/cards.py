@@ -10,6 +10,7 @@ Nothing is invented: a number that was not measured is shown as "not yet measure
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -310,16 +311,13 @@ def _column_rows(info: Mapping[str, Any], k: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
-    stats = info.get("stats") or {}
-    generator = info.get("generator") or {}
-    k = int(info.get("num_clusters") or len(stats.get("class_pixel_histogram") or []) or 0)
-    sam_model = info.get("sam_model") or "unknown"
+def _top_classes(stats: Mapping[str, Any], limit: int = 10) -> list[dict[str, Any]]:
+    """The largest pseudo-classes by pixel share (id, name, share, mask count), largest first."""
     hist = [int(v) for v in stats.get("class_pixel_histogram") or []]
     counts = [int(v) for v in stats.get("class_mask_counts") or []]
     total = sum(hist)
-    order = sorted(range(len(hist)), key=lambda i: (-hist[i], i))[:10]
-    top_classes = [
+    order = sorted(range(len(hist)), key=lambda i: (-hist[i], i))[:limit]
+    return [
         {
             "id": i,
             "name": f"cluster_{i:02d}",
@@ -328,6 +326,57 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         }
         for i in order
     ]
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(paths: tuple[Path, ...], stamp: tuple[tuple[int, int], ...]) -> str:
+    # `stamp` (size, mtime) is part of the cache key: a file rewritten in place is hashed again.
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def local_weights_sha256(folder: str | Path) -> tuple[str, str] | None:
+    """Content hash of the weights of a local `save_pretrained` folder, standing in for a Hub revision.
+
+    Args:
+        folder: the model folder (as recorded in the run's config).
+
+    Returns:
+        (what was hashed, sha256 hex digest): `model.safetensors`, or the sorted safetensors shards
+        hashed as one stream; None when the folder holds no safetensors file (or does not exist here).
+    """
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    paths = (single,) if single.is_file() else tuple(sorted(folder.glob("*.safetensors")))
+    if not paths:
+        return None
+    stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    what = paths[0].name if len(paths) == 1 else f"{len(paths)} safetensors shards"
+    return what, _sha256_of(paths, stamp)
+
+
+def _sam_context(info: Mapping[str, Any], run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Which SAM made the masks, fit for a public card: a Hub id and revision, or a local folder's name and hash."""
+    sam = run_config.get("sam") or info.get("sam_model") or "unknown"
+    if is_hub_id(sam) or sam == "unknown":
+        return {"sam_model": sam, "sam_is_hub": sam != "unknown", "sam_revision": info.get("sam_revision"),
+                "sam_weights": None}
+    return {"sam_model": public_name(sam), "sam_is_hub": False, "sam_revision": None,
+            "sam_weights": local_weights_sha256(sam)}
+
+
+def _dataset_context(
+    info: Mapping[str, Any], repo_id: str | None, run_config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The values the dataset card template fills in; the prose and its branches live in the template."""
+    stats = info.get("stats") or {}
+    generator = info.get("generator") or {}
+    k = int(info.get("num_clusters") or len(stats.get("class_pixel_histogram") or []) or 0)
+    sam = _sam_context(info, run_config)
     coverage = stats.get("pixel_coverage")
     stat_values = {key: _fmt(stats[key]) if key in stats else NOT_MEASURED for key in _STAT_KEYS}
     stat_values["pixel_coverage"] = _pct(coverage)
@@ -341,19 +390,17 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         for name, s in splits.items()
     ]
     title = info.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else "ALPS pseudo-labeled dataset")
-    sam_url = (
-        f"https://huggingface.co/{sam_model}" if is_hub_id(sam_model) else "https://arxiv.org/abs/2304.02643"
-    )
     return {
+        **sam,
         "title": title,
+        "repo_id": repo_id,
+        "split": next(iter(splits), "train"),
+        "clusters_from": public_name(run_config.get("clusters")),
         "column_rows": _column_rows(info, k),
         "repo_ref": repo_id or "path/to/this/folder",
         "source": info.get("source") or "not recorded",
         "source_citation": info.get("source_citation"),
         "num_clusters": k,
-        "sam_model": sam_model,
-        "sam_url": sam_url,
-        "sam_revision": info.get("sam_revision"),
         "feature_normalization": info.get("feature_normalization") or "none",
         "seed": info.get("seed", "not recorded"),
         "alps_hf_version": info.get("alps_hf_version") or "not recorded",
@@ -362,8 +409,8 @@ def _dataset_context(info: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "tiling": _tiling(info.get("tiling") or {}),
         "stats": stat_values,
         "split_rows": split_rows,
-        "top_classes": top_classes,
-        "has_histogram": bool(hist),
+        "top_classes": _top_classes(stats),
+        "has_histogram": bool(stats.get("class_pixel_histogram")),
         "uncovered": _pct(1 - coverage) if coverage is not None else None,
         "alps_bibtex": ALPS_BIBTEX,
         "sam_bibtex": SAM_BIBTEX,
@@ -384,13 +431,18 @@ def _tiling(tiling: Mapping[str, Any]) -> dict[str, Any] | None:
     return {key: tiling.get(key) for key in ("window_size", "tile_overlap", "scenes", "bands")}
 
 
-def render_dataset_card(info: Mapping[str, Any], repo_id: str | None = None) -> DatasetCard:
+def render_dataset_card(
+    info: Mapping[str, Any], repo_id: str | None = None, run_config: Mapping[str, Any] | None = None
+) -> DatasetCard:
     """Render the dataset card of an alps_hf pseudo-labeled dataset.
 
     Args:
         info: the `alps_dataset.json` dict written by `alps-hf label` (optional extra key
             `source_citation`: BibTeX of the source imagery).
-        repo_id: the Hub id the card will live under; used in the loading snippets.
+        repo_id: the Hub id the card will live under; used in the loading snippets. None: the card
+            describes a local folder (snippets read the folder, not the Hub).
+        run_config: the run's `label_config.json` dict, when there is one: the SAM folder it names
+            is hashed when it is local, and a `--clusters` model is named as the centroids' origin.
 
     Returns:
         A `huggingface_hub.DatasetCard`; `card.save(folder / "README.md")` writes it. The card
@@ -401,7 +453,7 @@ def render_dataset_card(info: Mapping[str, Any], repo_id: str | None = None) -> 
     """
     data = dataset_card_data(info)
     card = DatasetCard.from_template(
-        data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id)
+        data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id, run_config or {})
     )
     return _mark(card)
 
@@ -431,15 +483,83 @@ def render_class_histogram(info: Mapping[str, Any], path: str | Path) -> Path | 
     return path
 
 
-def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:
-    """(Re)write `README.md` and `class_histogram.png` of a dataset folder from its alps_dataset.json.
+def render_training_curve(history: list[Mapping[str, Any]], evals: list[Mapping[str, Any]], path: str | Path) -> Path:
+    """Draw training loss and validation mIoU by step as a PNG, the picture the model card shows.
 
-    Returns the README path. Raises DatasetFormatError when alps_dataset.json is missing or bad.
+    Every logged point gets a marker, so a short run is a few visible points rather than an empty
+    line; with fewer than two logged steps the plot says in words that there is too little to plot.
+
+    Args:
+        history: `{"step", "loss"}` records of the run (metrics.json `history`).
+        evals: `{"step", "mean_iou"}` records of its evaluations (metrics.json `evals`).
+        path: the PNG to write (atomically).
+
+    Returns:
+        `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], "o-", markersize=4, color="tab:blue", label="training loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss", color="tab:blue")
+    points = [(e["step"], e["mean_iou"]) for e in evals if e.get("mean_iou") is not None]
+    if points:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*points, strict=True), "s-", color="tab:orange", label="validation mIoU")
+        ax2.set_ylabel("validation mIoU", color="tab:orange")
+    if len(history) < 2:
+        ax.text(0.5, 0.5, f"{len(history)} logged training step(s): too few to plot a curve",
+                transform=ax.transAxes, ha="center", va="center", fontsize=11, color="tab:red")
+    ax.set_title("training curve")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def dataset_card_of(folder: str | Path, repo_id: str | None = None) -> DatasetCard:
+    """The dataset card of a folder written by `alps-hf label`, from its alps_dataset.json and label_config.json.
+
+    Args:
+        folder: the dataset folder.
+        repo_id: the Hub id the card will live under (None: a local folder).
+
+    Returns:
+        The rendered `DatasetCard`.
+
+    Raises:
+        DatasetFormatError: alps_dataset.json (or label_config.json, when present) is missing or bad.
     """
     folder = Path(folder)
     info = read_json(folder / "alps_dataset.json", DatasetFormatError)
-    card = render_dataset_card(info, repo_id=repo_id)
-    render_class_histogram(info, folder / HISTOGRAM_FILE)
+    run = folder / "label_config.json"
+    run_config = read_json(run, DatasetFormatError) if run.is_file() else {}
+    return render_dataset_card(info, repo_id=repo_id, run_config=run_config)
+
+
+def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """(Re)write `README.md` and `class_histogram.png` of a dataset folder from its alps_dataset.json.
+
+    Args:
+        folder: the dataset folder.
+        repo_id: the Hub id the card will live under (None: a local folder).
+
+    Returns:
+        The README path.
+
+    Raises:
+        DatasetFormatError: alps_dataset.json is missing or bad.
+    """
+    folder = Path(folder)
+    card = dataset_card_of(folder, repo_id)
+    render_class_histogram(read_json(folder / "alps_dataset.json", DatasetFormatError), folder / HISTOGRAM_FILE)
     readme = folder / "README.md"
     atomic_write_text(readme, str(card))
     return readme
@@ -577,6 +697,8 @@ def _model_context(folder: Path, repo_id: str | None) -> dict[str, Any]:
             and (not isinstance(value, (list, dict)) or len(json.dumps(value)) <= 80)
         ],
         "has_curve": (folder / "training_curve.png").is_file(),
+        "curve_points": len(metrics["history"]) if isinstance(metrics.get("history"), list) else None,
+        "has_metrics_file": (folder / "metrics.json").is_file(),
         "metric_rows": [
             (name, _fmt(values[key]))
             for key, name in _METRIC_NAMES.items()

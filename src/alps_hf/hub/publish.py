@@ -33,10 +33,10 @@ from alps_hf.hub.cards import (
     HISTOGRAM_FILE,
     REPO_ID_RULE,
     card_is_generated,
+    dataset_card_of,
     public_name,
     read_json,
     render_class_histogram,
-    render_dataset_card,
     render_model_card,
     repo_id_problem,
 )
@@ -217,8 +217,7 @@ def stage(
     if local_text is not None and not card_is_generated(local_text):
         card = "kept-local-card"
     elif kind == "dataset":
-        info = read_json(folder / DATASET_MARKER)
-        _write_staged(dest / "README.md", str(render_dataset_card(info, repo_id=repo_id)))
+        _write_staged(dest / "README.md", str(dataset_card_of(folder, repo_id=repo_id)))
     else:
         _write_staged(dest / "README.md", str(render_model_card(folder, repo_id=repo_id)))
     if kind == "dataset" and not (dest / HISTOGRAM_FILE).is_file():
@@ -610,6 +609,9 @@ def run_push(config: PushConfig, api=None) -> int:
     print(
         f"{result.kind} folder {config.folder}: {verb} {len(result.files)} files in one commit: {result.commit_message!r}"
     )
+    if config.dry_run:
+        for name in result.files:  # what --dry-run promises: the exact list that would be sent
+            print(f"  {name}")
     if result.excluded:
         print(f"left out: {', '.join(result.excluded)}")
     if result.card == "kept-hub-card":
