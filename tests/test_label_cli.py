@@ -48,7 +48,9 @@ def test_label_writes_a_loadable_hub_layout_dataset(labeled, tiny_sam_dir):
     meta = json.loads((labeled / "cluster_model.json").read_text())
     assert meta["feature_dim"] == TINY_CHANNELS and meta["sam_model"] == str(tiny_sam_dir)
     readme = (labeled / "README.md").read_text()
-    assert str(tiny_sam_dir) in readme
+    # a local SAM is named by its folder only and identified by the hash of its weights (issue 12)
+    assert f"`{tiny_sam_dir.name} (local folder)`" in readme and str(tiny_sam_dir) not in readme
+    assert "| SAM revision | local weights, sha256 of `model.safetensors`: `" in readme
     assert "were cut into" not in readme  # no window paragraph when nothing was tiled
     assert json.loads((labeled / "alps_dataset.json").read_text())["tiling"]["scenes"] == 0
 

@@ -243,27 +243,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def plot_training_curve(history: list[dict[str, Any]], evals: list[dict[str, Any]], path: Path) -> None:
-    """Training loss and validation mIoU by step, as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
+    """Training loss and validation mIoU by step, as a PNG (drawn by the card stage, which shows it)."""
+    from alps_hf.hub.cards import render_training_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="tab:blue", label="training loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss", color="tab:blue")
-    points = [(e["step"], e["mean_iou"]) for e in evals if e.get("mean_iou") is not None]
-    if points:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*points, strict=True), "o-", color="tab:orange", label="validation mIoU")
-        ax2.set_ylabel("validation mIoU", color="tab:orange")
-    ax.set_title("training curve")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    render_training_curve(history, evals, path)
 
 
 def _save_checkpoint(accelerator, output: Path, step: int, state: dict[str, Any], keep: int) -> None:
