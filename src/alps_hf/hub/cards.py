@@ -101,13 +101,27 @@ def _mark(card):
 
 
 def card_is_generated(text: str) -> bool:
-    """True when `text` is a card alps_hf rendered and nobody edited since (its marker matches)."""
+    """Whether a card is still exactly as alps_hf rendered it.
+
+    Args:
+        text: the README.md text.
+
+    Returns:
+        True when its digest marker matches the text above it (nobody edited it since).
+    """
     match = _MARKER.search(text)
     return bool(match) and _digest(text[: match.start()]) == match.group(1)
 
 
 def repo_id_problem(value: object) -> str | None:
-    """Why `value` is not a valid Hub repo id (huggingface_hub's own rule), or None when it is one."""
+    """Why `value` is not a valid Hub repo id, by huggingface_hub's own `validate_repo_id`.
+
+    Args:
+        value: the candidate repo id.
+
+    Returns:
+        huggingface_hub's message, or None when `value` is a valid repo id.
+    """
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -126,6 +140,12 @@ def is_hub_id(value: object) -> bool:
     True when `value` is a valid Hub repo id (`huggingface_hub.utils.validate_repo_id`) and no local
     file or folder of that name exists: a bare `pseudo` or `ckpt` given on the command line that is
     a folder here is a local path, never a Hub id.
+
+    Args:
+        value: a model / dataset reference as given by the user or recorded by a run.
+
+    Returns:
+        Whether it names a Hub repo.
     """
     return repo_id_problem(value) is None and not Path(str(value)).exists()
 
@@ -135,6 +155,12 @@ def public_name(value: str | None) -> str | None:
 
     Hub ids stay as they are; local paths are reduced to their last component (this machine's
     directories are nobody's business on the Hub).
+
+    Args:
+        value: a Hub id or a local path (or None).
+
+    Returns:
+        The Hub id, `"<folder name> (local folder)"`, or `value` itself when empty.
     """
     if not value or is_hub_id(value):
         return value
@@ -197,6 +223,12 @@ def _yaml_type(spec: Mapping[str, Any], column: str) -> dict[str, Any]:
 def yaml_features(features) -> list[dict[str, Any]]:
     """The card's YAML `features` list of a `datasets.Features`, built from its public `to_dict()`.
 
+    Args:
+        features: the dataset's `datasets.Features`.
+
+    Returns:
+        `[{"name": ..., "dtype": ...} | {"name": ..., "list": ...}, ...]` in column order.
+
     Raises:
         DatasetFormatError: a column of a kind alps_hf datasets never hold (struct, class label, ...).
     """
@@ -209,6 +241,12 @@ def dataset_card_data(info: Mapping[str, Any]) -> DatasetCardData:
     `configs` point each split at its `data/<split>-*` shards and `dataset_info` lists the
     features in the datasets-library YAML form, so `load_dataset(folder)` and the Hub viewer read
     the shards with exactly these features.
+
+    Args:
+        info: the `alps_dataset.json` dict.
+
+    Returns:
+        The `DatasetCardData` of the card's YAML header.
 
     Raises:
         DatasetFormatError: `info` lacks `splits` or `features`, or the features do not parse.
@@ -459,7 +497,15 @@ def render_dataset_card(
 
 
 def render_class_histogram(info: Mapping[str, Any], path: str | Path) -> Path | None:
-    """Draw the share of labeled pixels per pseudo-class as a small PNG (None when no stats)."""
+    """Draw the share of labeled pixels per pseudo-class as a small PNG.
+
+    Args:
+        info: the `alps_dataset.json` dict (its `stats.class_pixel_histogram`).
+        path: the PNG to write (atomically).
+
+    Returns:
+        `path`, or None (nothing written) when the statistics were not measured.
+    """
     hist = [int(v) for v in (info.get("stats") or {}).get("class_pixel_histogram") or []]
     if not hist:
         return None
@@ -570,7 +616,18 @@ def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:
 
 
 def read_json(path: Path, error: type[Exception] = PublishError) -> dict[str, Any]:
-    """Read a JSON object, raising `error` naming the file when it is missing or malformed."""
+    """Read a JSON object, raising `error` naming the file when it is missing or malformed.
+
+    Args:
+        path: the JSON file.
+        error: the exception class to raise.
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        error: the file is missing, not JSON, or not a JSON object.
+    """
     try:
         data = core.read_json(path)
     except FileNotFoundError as err:
@@ -594,7 +651,18 @@ _METRIC_NAMES = {
 
 
 def model_card_data(folder: str | Path, repo_id: str | None = None) -> ModelCardData:
-    """The YAML header of a model card, built as data from the JSON files of a model folder."""
+    """The YAML header of a model card, built as data from the JSON files of a model folder.
+
+    Args:
+        folder: the model folder (`config.json`, `training_config.json`, `metrics.json`).
+        repo_id: the Hub id the card will live under (names the model-index entry).
+
+    Returns:
+        The `ModelCardData`; `model-index` results only for metrics that were measured.
+
+    Raises:
+        PublishError: one of the JSON files is malformed.
+    """
     folder = Path(folder)
     config = _optional_json(folder / "config.json")
     training = _optional_json(folder / "training_config.json")
@@ -739,7 +807,18 @@ def render_model_card(folder: str | Path, repo_id: str | None = None) -> ModelCa
 
 
 def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
-    """(Re)write `README.md` of a model folder; returns its path."""
+    """(Re)write `README.md` of a model folder, atomically.
+
+    Args:
+        folder: the model folder.
+        repo_id: the Hub id the card will live under (None: a local folder).
+
+    Returns:
+        The README path.
+
+    Raises:
+        PublishError: one of the folder's JSON files is malformed.
+    """
     folder = Path(folder)
     readme = folder / "README.md"
     atomic_write_text(readme, str(render_model_card(folder, repo_id)))

@@ -111,7 +111,17 @@ class PushResult:
 
 
 def check_repo_id(repo_id: str) -> str:
-    """Return `repo_id` or raise PublishError stating the Hub's naming rule."""
+    """Check a push target against the Hub's naming rule (`huggingface_hub.utils.validate_repo_id`).
+
+    Args:
+        repo_id: the `--repo-id` value.
+
+    Returns:
+        `repo_id` unchanged.
+
+    Raises:
+        PublishError: naming the value, the rule and the flag.
+    """
     problem = repo_id_problem(repo_id)
     if problem is not None:
         raise PublishError(
@@ -122,6 +132,12 @@ def check_repo_id(repo_id: str) -> str:
 
 def detect_kind(folder: str | Path) -> Kind:
     """'dataset' for an `alps-hf label` folder, 'model' for a `save_pretrained` folder.
+
+    Args:
+        folder: the folder to publish.
+
+    Returns:
+        The kind of folder.
 
     Raises:
         PublishError: naming what each kind needs and what the folder lacks.
@@ -170,7 +186,15 @@ def upload_files(folder: str | Path) -> list[str]:
 
 
 def left_out(folder: str | Path, kept: list[str]) -> list[str]:
-    """Top-level entries of `folder` none of whose files are uploaded (e.g. `work`, `checkpoints`)."""
+    """Top-level entries of `folder` none of whose files are uploaded (e.g. `work`, `checkpoints`).
+
+    Args:
+        folder: the folder to publish.
+        kept: its files that are uploaded (`upload_files(folder)`).
+
+    Returns:
+        Sorted top-level names, for the "left out" line of `alps-hf push`.
+    """
     tops: dict[str, bool] = {}
     kept_set = set(kept)
     for rel in _all_files(Path(folder)):
@@ -203,6 +227,12 @@ def stage(
     The card is re-rendered for `repo_id` when the local README.md is missing or was generated
     by alps_hf and not edited since; a README.md edited by hand is kept as it is. A dataset
     also gets `class_histogram.png` when it lacks one.
+
+    Args:
+        folder: the folder to publish.
+        dest: an empty staging folder.
+        repo_id: the Hub id, for the card's snippets.
+        kind: the folder's kind when already known.
 
     Returns:
         (kind, card) with card "uploaded" (re-rendered) or "kept-local-card".
@@ -360,6 +390,13 @@ def validate_dataset(folder: str | Path) -> dict[str, Any]:
 def validate_model(folder: str | Path, name: str | None = None) -> dict[str, Any]:
     """Check a (staged) model folder loads with `from_pretrained`; return its config.json dict.
 
+    Args:
+        folder: the staged model folder.
+        name: the user's folder name for messages (default: `folder`'s name).
+
+    Returns:
+        The config.json dict.
+
     Raises:
         PublishError: config.json unusable, preprocessor_config.json missing, weights that do not
             load or leave parameters missing / of the wrong shape, or id2label.json disagreeing.
@@ -431,7 +468,16 @@ def _default_message(kind: Kind, folder: Path, info: dict[str, Any]) -> str:
 
 
 def repo_url(repo_id: str, kind: Kind, revision: str | None = None) -> str:
-    """The web address of the repo (and of the branch when `revision` is set)."""
+    """The web address of the repo (and of the branch when `revision` is set).
+
+    Args:
+        repo_id: 'namespace/name'.
+        kind: 'dataset' or 'model'.
+        revision: the branch, or None for main.
+
+    Returns:
+        The URL on the configured Hub endpoint.
+    """
     from huggingface_hub import constants
 
     base = f"{constants.ENDPOINT}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
@@ -594,7 +640,18 @@ def _hub_failure(err: Exception, repo_id: str, token: str, sent_anything: bool) 
 
 
 def run_push(config: PushConfig, api=None) -> int:
-    """CLI target of `alps-hf push`: publish, then print what was sent and the repo URL."""
+    """CLI target of `alps-hf push`: publish, then print what was sent (with --dry-run: each file) and the URL.
+
+    Args:
+        config: the parsed flags.
+        api: an `HfApi` stand-in (tests); default `HfApi()`.
+
+    Returns:
+        The exit code, 0.
+
+    Raises:
+        PublishError: as `push_to_hub`.
+    """
     result = push_to_hub(
         config.folder,
         config.repo_id,
