@@ -431,22 +431,6 @@ def test_labels_do_not_depend_on_sharding_or_batching(labeled, blocks_dir, tiny_
     assert label_bytes(out) == label_bytes(labeled)
 
 
-@pytest.mark.parametrize("command", ["label", "recluster"])
-def test_help_explains_every_flag(command, capsys):
-    import dataclasses
-
-    from alps_hf.labeling.config import LabelConfig, ReclusterConfig
-
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    cls = LabelConfig if command == "label" else ReclusterConfig
-    for field in dataclasses.fields(cls):
-        assert "--" + field.name.replace("_", "-") in text, field.name
-        assert field.metadata.get("help"), f"{field.name} has no help text"
-
-
 def test_output_inside_the_input_folder(blocks_dir, tiny_sam_dir, tmp_path, count_generated):
     folder = tmp_path / "tiles"
     shutil.copytree(blocks_dir, folder)

@@ -1,0 +1,193 @@
+"""The `alps-hf` command line itself (issue 12): mistyped flags, --help, --version, Ctrl-C and SIGTERM.
+
+Everything here runs without a model, except the signal tests, which stop a real `alps-hf label`
+subprocess on the tiny random SAM and continue it with the command it printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from importlib.metadata import version
+
+import pytest
+
+from alps_hf.cli import COMMANDS, _load, main, parse, stopped_message
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run argv, expect exit code 2 and exactly one line on stderr, no traceback; return that line."""
+    code, out, err = run(capsys, argv)
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+# ---- point 4: mistyped flags, abbreviations ------------------------------------------------------
+
+
+def test_mistyped_flag_names_it_and_the_closest_valid_ones(capsys):
+    line = one_line_error(capsys, ["label", "tiles", "--output", "out", "--num-clustrs", "5"])
+    assert line.startswith("alps-hf label: error: unknown flag --num-clustrs (did you mean --num-clusters")
+    assert "HfArgumentParser" not in line and "Some specified arguments" not in line
+
+
+def test_abbreviations_are_refused(capsys):
+    line = one_line_error(capsys, ["label", "tiles", "--output", "out", "--num-cluster", "5"])
+    assert "unknown flag --num-cluster " in line and "--num-clusters" in line
+    line = one_line_error(capsys, ["pretrain", "--dataset", "d", "--output", "o", "--from-scr"])
+    assert "unknown flag --from-scr (did you mean --from-scratch" in line
+
+
+def test_every_unknown_flag_is_named_even_with_an_equals_sign(capsys):
+    line = one_line_error(capsys, ["label", "tiles", "--outptu=out", "--points-per-sid", "8"])
+    assert "unknown flag --outptu (did you mean --output?)" in line
+    assert "unknown flag --points-per-sid (did you mean --points-per-side" in line
+
+
+def test_underscore_spellings_are_gone(capsys):
+    # One spelling per flag, the one the README and --help use.
+    line = one_line_error(capsys, ["label", "tiles", "--output", "out", "--points_per_side", "8"])
+    assert "unknown flag --points_per_side (did you mean --points-per-side" in line
+
+
+def test_unknown_command_suggests_the_closest(capsys):
+    line = one_line_error(capsys, ["lable", "tiles"])
+    assert "unknown command 'lable'; did you mean label?" in line and "pretrain" in line
+
+
+def test_extra_positional_and_missing_required(capsys):
+    line = one_line_error(capsys, ["recluster", "a", "b", "--num-clusters", "3"])
+    assert "unexpected argument 'b'" in line and "FOLDER" in line
+    line = one_line_error(capsys, ["push", "--repo-id", "alps/x"])
+    assert "required: FOLDER" in line
+    line = one_line_error(capsys, ["label", "--output", "out"])
+    assert "required: INPUTS" in line
+
+
+def test_a_config_error_is_one_line(capsys):
+    line = one_line_error(capsys, ["label", "tiles", "--output", "out", "--num-clusters", "1"])
+    assert line.startswith("alps-hf label: error: --num-clusters 1 is not allowed")
+
+
+def test_no_command_prints_the_command_list(capsys):
+    code, out, err = run(capsys, [])
+    assert code == 2 and all(name in err for name in COMMANDS)
+    code, out, _ = run(capsys, ["--help"])
+    assert code == 0 and all(name in out for name in COMMANDS)
+
+
+# ---- parsing: positionals and booleans -----------------------------------------------------------
+
+
+def test_positional_and_boolean_flags_parse():
+    name, (cfg,) = parse(["label", "a", "b", "--output", "out", "--stitch", "--tile-size", "512"])
+    assert name == "label" and cfg.inputs == ["a", "b"] and cfg.stitch is True and cfg.tile_size == 512
+    _, (cfg,) = parse(["label", "a", "--output", "out", "--bands", "3", "2", "1"])
+    assert cfg.bands == [3, 2, 1] and cfg.stitch is False
+    _, (train,) = parse(["pretrain", "--dataset", "d", "--output", "o", "--no-flips", "--from-scratch"])
+    assert train.flips is False and train.rotations is True and train.from_scratch is True
+    _, (push,) = parse(["push", ".", "--repo-id", "alps/x", "--dry-run"])
+    assert push.folder == "." and push.dry_run is True and push.private is False
+
+
+# ---- point 6: --help -------------------------------------------------------------------------------
+
+
+def help_text(capsys, command: str) -> str:
+    code, out, err = run(capsys, [command, "--help"])
+    assert code == 0 and err == ""
+    return out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_explains_every_flag(command, capsys):
+    """Moved here from test_label_cli.py and widened to every command."""
+    text = help_text(capsys, command)
+    positional = COMMANDS[command].positional
+    usage = text.splitlines()[0]
+    for cls in map(_load, COMMANDS[command].configs):
+        for field in dataclasses.fields(cls):
+            assert field.metadata.get("help"), f"{field.name} has no help text"
+            if field.name == positional:
+                assert usage.startswith(f"usage: alps-hf {command} {field.name.upper()}"), usage
+                assert f"--{field.name}" not in text
+            else:
+                assert "--" + field.name.replace("_", "-") in text, field.name
+    assert not re.search(r"--[a-z0-9-]+_[a-z0-9_]", text), "underscore spellings in --help"
+    assert not re.search(r"\[--[a-z-]+ \[[A-Z_]+\]\]", text) and " [" + "STITCH]" not in text
+    assert not re.search(r"\d\.\d{7,}", text), "unrounded float default"
+
+
+def test_label_help_reads_well(capsys):
+    text = help_text(capsys, "label")
+    assert text.splitlines()[0] == "usage: alps-hf label INPUTS... [options]"
+    assert "--stitch, --no-stitch" in text and "--no_stitch" not in text
+    # one default per flag: --device explains its own, so no "(default: None)" is added
+    device = text[text.index("--device"):text.index("--dtype")]
+    assert device.lower().count("default") == 1
+    assert "(default: None)" not in text
+    assert "0.341333" in text and "0.3413333333333333" not in text
+
+
+def test_train_help_booleans_have_their_own_help(capsys):
+    text = help_text(capsys, "pretrain")
+    flips = text[text.index("--flips, --no-flips"):text.index("--rotations")]
+    assert "flips" in flips.lower() and "(default: --flips)" in " ".join(flips.split())
+    assert "--no_flips" not in text and text.count("--no-flips") == 1
+
+
+# ---- point 7: --version --------------------------------------------------------------------------
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, ["--version"])
+    assert code == 0 and out.strip() == f"alps-hf {version('alps_hf')}"
+
+
+# ---- point 5: what a stopped run says ------------------------------------------------------------
+
+
+def test_stopped_label_says_what_was_saved_and_how_to_continue(tmp_path):
+    out = tmp_path / "out"
+    argv = ["label", "tiles dir", "--output", str(out), "--overwrite", "--num-clusters", "3"]
+    _, (cfg,) = parse(argv)
+    line = stopped_message("label", argv, cfg, "interrupted (Ctrl-C)")
+    assert line.startswith("alps-hf label: interrupted (Ctrl-C); nothing was saved yet")
+    command = line.split("continue with: ", 1)[1]
+    # --overwrite would delete what was saved and contradicts --resume: it goes, --resume comes
+    assert shlex.split(command) == ["alps-hf", "label", "tiles dir", "--output", str(out), "--num-clusters", "3",
+                                    "--resume"]
+
+
+def test_stopped_training_points_at_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    argv = ["pretrain", "--dataset", "d", "--output", str(out), "--resume", "checkpoint-3", "--overwrite"]
+    _, (cfg,) = parse(argv)
+    line = stopped_message("pretrain", argv, cfg, "terminated (SIGTERM)")
+    assert "no checkpoint was saved yet" in line
+    assert line.endswith(f"start again with: alps-hf pretrain --dataset d --output {out} --overwrite")
+    ckpt = out / "checkpoints" / "checkpoint-20"
+    ckpt.mkdir(parents=True)
+    from alps_hf.training.loop import STATE_FILE
+
+    (ckpt / STATE_FILE).write_text("{}")
+    line = stopped_message("pretrain", argv, cfg, "terminated (SIGTERM)")
+    assert f"{ckpt} is saved" in line
+    assert line.endswith(f"continue with: alps-hf pretrain --dataset d --output {out} --resume latest")
+
+
+def test_stopped_evaluate_has_nothing_to_keep(tmp_path):
+    argv = ["evaluate", "--model", "m", "--dataset", "d"]
+    _, (cfg,) = parse(argv)
+    assert stopped_message("evaluate", argv, cfg, "interrupted (Ctrl-C)") == (
+        "alps-hf evaluate: interrupted (Ctrl-C); nothing is kept; run again with: alps-hf evaluate --model m "
+        "--dataset d")
