@@ -191,3 +191,100 @@ def test_stopped_evaluate_has_nothing_to_keep(tmp_path):
     assert stopped_message("evaluate", argv, cfg, "interrupted (Ctrl-C)") == (
         "alps-hf evaluate: interrupted (Ctrl-C); nothing is kept; run again with: alps-hf evaluate --model m "
         "--dataset d")
+
+
+# ---- point 5: a real run stopped by a signal, then continued -------------------------------------
+
+# Runs the CLI with every PIL image open slowed down, so that the run is surely still in pass 1 when the
+# test signals it, however fast the machine.
+SLOW_LAUNCHER = """
+import sys, time
+import PIL.Image
+from alps_hf.cli import main
+
+opened = PIL.Image.open
+def slow_open(*args, **kwargs):
+    time.sleep(0.25)
+    return opened(*args, **kwargs)
+PIL.Image.open = slow_open
+sys.exit(main(sys.argv[1:]))
+"""
+NUM_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def noise_dir(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    for i in range(NUM_IMAGES):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"img_{i:02d}.png")
+    return folder
+
+
+def stop_label_run(argv: list[str], output, sig: int) -> tuple[int, str]:
+    """Start `alps-hf label` in its own session, send `sig` once a pass-1 shard is done; (exit code, stderr)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # Its own session: a background job of a non-interactive shell ignores SIGINT, a session leader does not.
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_LAUNCHER, *argv], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(output.glob("work/pass1/*.done")):
+            assert proc.poll() is None, f"the run ended before it was stopped: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no pass-1 shard was finished within 180 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, sig)  # the whole group, as a terminal's Ctrl-C or a scheduler does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+def label_argv(inputs, output, sam) -> list[str]:
+    return ["label", str(inputs), "--output", str(output), "--sam", str(sam), "--num-clusters", "3",
+            "--shard-size", "2", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
+            "0", "--max-area-fraction", "1.0", "--num-workers", "1", "--image-batch-size", "1"]
+
+
+def test_ctrl_c_saves_shards_and_prints_the_resume_command(noise_dir, tiny_sam_dir, tmp_path, count_generated,
+                                                           capsys):
+    import signal
+
+    out = tmp_path / "out"
+    argv = label_argv(noise_dir, out, tiny_sam_dir)
+    code, err = stop_label_run(argv, out, signal.SIGINT)
+    assert code == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("alps-hf label: interrupted (Ctrl-C); ")]
+    saved = re.search(r"; (\d+) of (\d+) work shards are saved in ", line)
+    assert saved and 1 <= int(saved[1]) < int(saved[2]) == NUM_IMAGES // 2, line
+    command = shlex.split(line.split("; continue with: ", 1)[1])
+    assert command == ["alps-hf", *argv, "--resume"]
+    # the printed command works, and does not redo the saved shards
+    assert main(command[1:]) == 0
+    assert capsys.readouterr().err.count("Traceback") == 0
+    assert 0 < len(count_generated) <= NUM_IMAGES - 2 * int(saved[1])
+    import pyarrow.parquet as pq
+
+    assert sum(pq.read_table(f).num_rows for f in (out / "data").glob("*.parquet")) == NUM_IMAGES
+
+
+def test_sigterm_exits_143_with_the_same_one_line(noise_dir, tiny_sam_dir, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    argv = label_argv(noise_dir, out, tiny_sam_dir)
+    code, err = stop_label_run(argv, out, signal.SIGTERM)
+    assert code == 143, err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("alps-hf label: terminated (SIGTERM); ")]
+    assert line.endswith(shlex.join(["alps-hf", *argv, "--resume"])) and " work shards are saved in " in line
