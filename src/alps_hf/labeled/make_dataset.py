@@ -33,17 +33,17 @@ CARD_TEMPLATE = Path(__file__).with_name("templates") / "labeled_dataset_card.md
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 # Rows written to the parquet file at a time (bounds memory to a few dozen images, not a shard).
 _WRITE_BATCH = 32
+_FOLDERS_HELP = (
+    "IMAGES LABELS: a folder of images and a folder of label masks with the same file names (suffix ignored), "
+    "or one folder holding images/ and labels/. Positional."
+)
 
 
 @dataclass
 class MakeDatasetConfig:
     """Everything `alps-hf make-dataset` needs: the folder pair, class names, colour table, output."""
 
-    folders: list[str] = arg(
-        [],
-        "IMAGES LABELS: a folder of images and a folder of label masks with the same file names (suffix "
-        "ignored), or one folder holding images/ and labels/. Positional.",
-    )
+    folders: list[str] = arg([], _FOLDERS_HELP)
     output: str = arg(None, "Output folder (Hub dataset layout). Required.")
     id2label: str | None = arg(
         None, 'Class names: a JSON file or inline JSON like \'{"0": "building", "1": "land"}\'; default class_0.. up to the largest label value.'
