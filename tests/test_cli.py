@@ -288,3 +288,26 @@ def test_sigterm_exits_143_with_the_same_one_line(noise_dir, tiny_sam_dir, tmp_p
     assert "Traceback" not in err
     (line,) = [x for x in err.splitlines() if x.startswith("alps-hf label: terminated (SIGTERM); ")]
     assert line.endswith(shlex.join(["alps-hf", *argv, "--resume"])) and " work shards are saved in " in line
+
+
+# ---- point 8: the head re-initialisation finetune asked for is one line, not a LOAD REPORT -------
+
+
+def test_finetune_says_in_one_line_what_was_reinitialised(tmp_path, capfd):
+    from train_helpers import seg_args, write_dataset
+
+    pseudo, target = write_dataset(tmp_path / "pseudo", k=4), write_dataset(tmp_path / "target", k=3, seed=1)
+    assert main(["pretrain", *seg_args(pseudo, tmp_path / "pre", "--max-steps", "1", "--eval-steps", "0")]) == 0
+    capfd.readouterr()
+    args = ["--dataset", str(target), "--output", str(tmp_path / "ft"), "--init", str(tmp_path / "pre"),
+            "--crop-size", "32", "--batch-size", "2", "--num-workers", "0", "--max-steps", "1", "--eval-steps", "0"]
+    assert main(["finetune", *args]) == 0
+    out, err = capfd.readouterr()
+    for noise in ("LOAD REPORT", "MISMATCH", "\x1b[", "Loading weights"):
+        assert noise not in out + err, noise
+    (line,) = [x for x in out.splitlines() if x.startswith("--init ")]
+    assert line == (f"--init {tmp_path / 'pre'}: the segformer head was re-initialised for the 3 classes of the "
+                    "dataset (the checkpoint has 4: cluster_00, cluster_01, cluster_02, ...)")
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # quiet only around that from_pretrained

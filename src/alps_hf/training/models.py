@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,27 @@ def _load_backbone(model, spec: ModelSpec) -> None:
         ) from None
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within the block, transformers logs errors only and shows no progress bars; restored after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _labels_preview(id2label: dict[int, str], shown: int = 3) -> str:
+    names = [id2label[k] for k in sorted(id2label)]
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def build_model(spec: ModelSpec, id2label: dict[int, str]):
     """Instantiate the model of `spec` for the classes `id2label` (ignore index 255).
 
@@ -248,15 +271,22 @@ def build_model(spec: ModelSpec, id2label: dict[int, str]):
         return model.train()
     extra = {"semantic_loss_ignore_index": IGNORE_INDEX} if spec.architecture == "segformer" else {"ignore_value": IGNORE_INDEX}
     try:
-        model, info = cls.from_pretrained(
-            spec.checkpoint, **label_maps(id2label), **extra, ignore_mismatched_sizes=True, output_loading_info=True
-        )
+        # The head re-initialisation is what finetune asked for: transformers' LOAD REPORT (a MISMATCH
+        # table with raw ANSI codes) and its progress bar would only alarm; one line below says what changed.
+        with quiet_transformers():
+            model, info = cls.from_pretrained(
+                spec.checkpoint, **label_maps(id2label), **extra, ignore_mismatched_sizes=True, output_loading_info=True
+            )
     except (OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"--init {spec.checkpoint!r} cannot be loaded: {str(err).splitlines()[0][:300]}") from None
     from transformers import AutoConfig
 
     source_labels = {int(k): str(v) for k, v in (AutoConfig.from_pretrained(spec.checkpoint).id2label or {}).items()}
-    if source_labels != label_maps(id2label)["id2label"]:
+    reinit = source_labels != label_maps(id2label)["id2label"]
+    if reinit or info.get("mismatched_keys"):
+        print(f"--init {spec.checkpoint}: the {spec.architecture} head was re-initialised for the {len(id2label)} "
+              f"classes of the dataset (the checkpoint has {len(source_labels)}: {_labels_preview(source_labels)})")
+    if reinit:
         # Same number of classes but other classes (e.g. 6 pseudo-classes -> 6 land-cover classes):
         # ignore_mismatched_sizes would keep the old head, so reset it explicitly.
         for module in head_modules(model):
