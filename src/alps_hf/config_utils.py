@@ -12,15 +12,26 @@ from pathlib import Path
 from typing import Any
 
 
-def arg(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:
-    """A dataclass field with help text for HfArgumentParser (`default_factory` for lists)."""
-    metadata = {"help": help, **kwargs.pop("metadata", {})}
+def arg(default: Any = dataclasses.MISSING, help: str = "", group: str | None = None, **kwargs) -> Any:
+    """A dataclass field with help text for HfArgumentParser (`default_factory` for lists).
+
+    Args:
+        default: the default value (a list is copied for each instance); none makes the flag required.
+        help: the flag's help text.
+        group: the heading `--help` lists the flag under (e.g. "SAM"); see `alps_hf.cli`.
+        **kwargs: passed to `dataclasses.field` (`metadata` is merged).
+
+    Returns:
+        The `dataclasses.Field`.
+    """
+    metadata = {"help": help, **({"group": group} if group else {}), **kwargs.pop("metadata", {})}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def config_to_dict(config) -> dict[str, Any]:
+    """The fields of a config dataclass as a JSON-ready dict (paths as strings)."""
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
