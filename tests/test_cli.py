@@ -311,3 +311,15 @@ def test_finetune_says_in_one_line_what_was_reinitialised(tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 
     assert hf_logging.is_progress_bar_enabled()  # quiet only around that from_pretrained
+
+
+def headings(text: str) -> list[str]:
+    return [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+
+
+def test_train_help_is_grouped(capsys):
+    text = help_text(capsys, "pretrain")
+    assert headings(text) == ["options", "data", "output and checkpoints", "model", "augmentation", "optimisation",
+                              "evaluation and logging", "scale"]
+    optimisation = text[text.index("\noptimisation:"):text.index("\nevaluation and logging:")]
+    assert "--learning-rate X" in optimisation and "--backbone-learning-rate" in optimisation

@@ -1,7 +1,7 @@
 """Config dataclasses of `alps-hf pretrain`, `alps-hf finetune` and `alps-hf evaluate`.
 
-Every field is a flag (`--crop-size` and `--crop_size` both work); values are checked in
-`__post_init__`, before any model or dataset loads.
+Every field is a dashed flag (`--crop-size`; booleans as `--flips` / `--no-flips`), listed by `--help`
+under its `group`; values are checked in `__post_init__`, before any model or dataset loads.
 """
 
 from __future__ import annotations
@@ -13,60 +13,68 @@ from alps_hf.errors import ConfigError
 
 SCHEDULES = ("poly", "cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
+# The headings `--help` lists the flags under (cli.py reads each field's `group`).
+_DATA = "data"
+_MODEL = "model"
+_AUGMENTATION = "augmentation"
+_OPTIMISATION = "optimisation"
+_OUTPUT_AND_CHECKPOINTS = "output and checkpoints"
+_EVALUATION_AND_LOGGING = "evaluation and logging"
+_SCALE = "scale"
 
 
 @dataclass
 class TrainConfig:
     """Pre-training on pseudo-labels (`pretrain`) or fine-tuning on labeled data (`finetune`)."""
 
-    dataset: str = arg(help="Dataset: a folder written by `alps-hf label` (Hub layout), a save_to_disk folder, or a Hub id.")
-    output: str = arg(help="Output folder: the final model, metrics, curve and card; checkpoints under <output>/checkpoints/.")
-    model: str | None = arg(None, help="Named variant (segformer-b0..b5, mask2former-swin-tiny/small/base) or a checkpoint id/folder.")
-    init: str | None = arg(None, help="Checkpoint to start from (an alps_hf output folder or any compatible checkpoint); the head is re-initialised for the dataset's classes.")
-    backbone: str | None = arg(None, help="Encoder weights for a named --model (ImageNet id or folder); default: the variant's ImageNet encoder.")
-    from_scratch: bool = arg(False, help="Random initialisation of a named --model (no --backbone weights).")
-    model_config_overrides: str | None = arg(None, help='JSON object of config fields to change for a named variant, e.g. \'{"drop_path_rate": 0.2}\'.')
-    id2label: str | None = arg(None, help="Class names: a JSON file or inline JSON object; default: id2label.json of the dataset.")
-    dataset_config: str | None = arg(None, help="Config name of a Hub dataset with several configs.")
-    train_split: str = arg("train", help="Split to train on.")
-    eval_split: str | None = arg(None, help="Split to evaluate on; default 'validation' if the dataset has one; 'none' disables evaluation.")
-    image_column: str = arg("image", help="Image column.")
-    label_column: str = arg("label", help="Label column (class indices 0..K-1, 255 = ignore).")
-    train_fraction: float | None = arg(None, help="Train on a seeded random fraction (0, 1] of the training split.")
-    train_samples: int | None = arg(None, help="Train on this many seeded random examples of the training split.")
-    crop_size: int = arg(512, help="Training crop size (square); also the size the saved image processor resizes to.")
-    scale_min: float = arg(0.5, help="Smallest random rescale factor before cropping.")
-    scale_max: float = arg(2.0, help="Largest random rescale factor before cropping.")
-    flips: bool = arg(True, help="Random horizontal and vertical flips.")
-    rotations: bool = arg(True, help="Random 90-degree rotations.")
-    color_jitter: float = arg(0.1, help="Brightness / contrast / saturation jitter amplitude (0 disables).")
-    batch_size: int = arg(8, help="Training batch size per device.")
-    eval_batch_size: int = arg(4, help="Evaluation batch size per device.")
-    learning_rate: float = arg(1e-4, help="Peak learning rate of the decode head / transformer decoder.")
-    backbone_learning_rate: float | None = arg(None, help="Peak learning rate of the encoder; default learning_rate / 10.")
-    weight_decay: float = arg(0.01, help="AdamW weight decay (not applied to norms and biases).")
-    lr_scheduler: str = arg("poly", help=f"Schedule after warmup: {', '.join(SCHEDULES)}.")
-    poly_power: float = arg(1.0, help="Power of the poly schedule.")
-    warmup_steps: int | None = arg(None, help="Linear warmup steps; default warmup_ratio x total steps.")
-    warmup_ratio: float = arg(0.05, help="Warmup as a fraction of the total steps (when --warmup-steps is not given).")
-    gradient_accumulation_steps: int = arg(1, help="Micro-batches per optimizer step.")
-    max_grad_norm: float = arg(1.0, help="Gradient clipping norm (0 disables).")
-    max_steps: int | None = arg(None, help="Optimizer steps to train (wins over --epochs).")
-    epochs: int = arg(10, help="Epochs to train when --max-steps is not given.")
-    seed: int = arg(42, help="Seed of initialisation, shuffling, augmentation and --train-fraction subsets.")
-    checkpointing_steps: int = arg(500, help="Save a resumable checkpoint every N optimizer steps (0: none).")
-    checkpoints_total_limit: int = arg(2, help="Keep the last M checkpoints.")
-    resume: str | None = arg(None, help="Resume from 'latest' (in <output>/checkpoints) or a checkpoint folder.")
-    overwrite: bool = arg(False, help="Allow writing into an existing --output folder.")
-    push_to_hub: str | None = arg(None, help="After training, publish --output to this Hub model repo id.")
-    private: bool = arg(False, help="With --push-to-hub: create the repo private.")
-    eval_steps: int = arg(500, help="Evaluate every N optimizer steps (0: only at the end).")
-    max_eval_samples: int | None = arg(None, help="Evaluate on at most this many examples.")
-    logging_steps: int = arg(10, help="Log loss / lr to the trackers every N optimizer steps.")
-    num_workers: int = arg(2, help="DataLoader workers (decoding and augmentation run there).")
-    mixed_precision: str | None = arg(None, help="no / fp16 / bf16 / fp8; default: what `accelerate config` chose.")
-    report_to: str = arg("none", help="Tracker: none or tensorboard (or any tracker name accelerate knows).")
-    validate_samples: int | None = arg(256, help="Check labels and sizes of this many examples per split before training (all are checked as they load).")
+    dataset: str = arg(help="Dataset: a folder written by `alps-hf label` (Hub layout), a save_to_disk folder, or a Hub id.", group=_DATA)
+    output: str = arg(help="Output folder: the final model, metrics, curve and card; checkpoints under <output>/checkpoints/.", group=_OUTPUT_AND_CHECKPOINTS)
+    model: str | None = arg(None, help="Named variant (segformer-b0..b5, mask2former-swin-tiny/small/base) or a checkpoint id/folder.", group=_MODEL)
+    init: str | None = arg(None, help="Checkpoint to start from (an alps_hf output folder or any compatible checkpoint); the head is re-initialised for the dataset's classes.", group=_MODEL)
+    backbone: str | None = arg(None, help="Encoder weights for a named --model (ImageNet id or folder); default: the variant's ImageNet encoder.", group=_MODEL)
+    from_scratch: bool = arg(False, help="Random initialisation of a named --model (no --backbone weights).", group=_MODEL)
+    model_config_overrides: str | None = arg(None, help='JSON object of config fields to change for a named variant, e.g. \'{"drop_path_rate": 0.2}\'.', group=_MODEL)
+    id2label: str | None = arg(None, help="Class names: a JSON file or inline JSON object; default: id2label.json of the dataset.", group=_DATA)
+    dataset_config: str | None = arg(None, help="Config name of a Hub dataset with several configs.", group=_DATA)
+    train_split: str = arg("train", help="Split to train on.", group=_DATA)
+    eval_split: str | None = arg(None, help="Split to evaluate on; default 'validation' if the dataset has one; 'none' disables evaluation.", group=_DATA)
+    image_column: str = arg("image", help="Image column.", group=_DATA)
+    label_column: str = arg("label", help="Label column (class indices 0..K-1, 255 = ignore).", group=_DATA)
+    train_fraction: float | None = arg(None, help="Train on a seeded random fraction (0, 1] of the training split.", group=_DATA)
+    train_samples: int | None = arg(None, help="Train on this many seeded random examples of the training split.", group=_DATA)
+    crop_size: int = arg(512, help="Training crop size (square); also the size the saved image processor resizes to.", group=_AUGMENTATION)
+    scale_min: float = arg(0.5, help="Smallest random rescale factor before cropping.", group=_AUGMENTATION)
+    scale_max: float = arg(2.0, help="Largest random rescale factor before cropping.", group=_AUGMENTATION)
+    flips: bool = arg(True, help="Random horizontal and vertical flips.", group=_AUGMENTATION)
+    rotations: bool = arg(True, help="Random 90-degree rotations.", group=_AUGMENTATION)
+    color_jitter: float = arg(0.1, help="Brightness / contrast / saturation jitter amplitude (0 disables).", group=_AUGMENTATION)
+    batch_size: int = arg(8, help="Training batch size per device.", group=_OPTIMISATION)
+    eval_batch_size: int = arg(4, help="Evaluation batch size per device.", group=_EVALUATION_AND_LOGGING)
+    learning_rate: float = arg(1e-4, help="Peak learning rate of the decode head / transformer decoder.", group=_OPTIMISATION)
+    backbone_learning_rate: float | None = arg(None, help="Peak learning rate of the encoder; default --learning-rate / 10.", group=_OPTIMISATION)
+    weight_decay: float = arg(0.01, help="AdamW weight decay (not applied to norms and biases).", group=_OPTIMISATION)
+    lr_scheduler: str = arg("poly", help=f"Schedule after warmup: {', '.join(SCHEDULES)}.", group=_OPTIMISATION)
+    poly_power: float = arg(1.0, help="Power of the poly schedule.", group=_OPTIMISATION)
+    warmup_steps: int | None = arg(None, help="Linear warmup steps; default --warmup-ratio x total steps.", group=_OPTIMISATION)
+    warmup_ratio: float = arg(0.05, help="Warmup as a fraction of the total steps (when --warmup-steps is not given).", group=_OPTIMISATION)
+    gradient_accumulation_steps: int = arg(1, help="Micro-batches per optimizer step.", group=_OPTIMISATION)
+    max_grad_norm: float = arg(1.0, help="Gradient clipping norm (0 disables).", group=_OPTIMISATION)
+    max_steps: int | None = arg(None, help="Optimizer steps to train (wins over --epochs).", group=_OPTIMISATION)
+    epochs: int = arg(10, help="Epochs to train when --max-steps is not given.", group=_OPTIMISATION)
+    seed: int = arg(42, help="Seed of initialisation, shuffling, augmentation and --train-fraction subsets.", group=_OPTIMISATION)
+    checkpointing_steps: int = arg(500, help="Save a resumable checkpoint every N optimizer steps (0: none).", group=_OUTPUT_AND_CHECKPOINTS)
+    checkpoints_total_limit: int = arg(2, help="Keep the last M checkpoints.", group=_OUTPUT_AND_CHECKPOINTS)
+    resume: str | None = arg(None, help="Resume from 'latest' (in <output>/checkpoints) or a checkpoint folder.", group=_OUTPUT_AND_CHECKPOINTS)
+    overwrite: bool = arg(False, help="Allow writing into an existing --output folder.", group=_OUTPUT_AND_CHECKPOINTS)
+    push_to_hub: str | None = arg(None, help="After training, publish --output to this Hub model repo id.", group=_OUTPUT_AND_CHECKPOINTS)
+    private: bool = arg(False, help="With --push-to-hub: create the repo private.", group=_OUTPUT_AND_CHECKPOINTS)
+    eval_steps: int = arg(500, help="Evaluate every N optimizer steps (0: only at the end).", group=_EVALUATION_AND_LOGGING)
+    max_eval_samples: int | None = arg(None, help="Evaluate on at most this many examples.", group=_EVALUATION_AND_LOGGING)
+    logging_steps: int = arg(10, help="Log loss / lr to the trackers every N optimizer steps.", group=_EVALUATION_AND_LOGGING)
+    num_workers: int = arg(2, help="DataLoader workers (decoding and augmentation run there).", group=_SCALE)
+    mixed_precision: str | None = arg(None, help="no / fp16 / bf16 / fp8; default: what `accelerate config` chose.", group=_SCALE)
+    report_to: str = arg("none", help="Tracker: none or tensorboard (or any tracker name accelerate knows).", group=_EVALUATION_AND_LOGGING)
+    validate_samples: int | None = arg(256, help="Check labels and sizes of this many examples per split before training (all are checked as they load).", group=_DATA)
 
     def __post_init__(self) -> None:
         if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
