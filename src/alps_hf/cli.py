@@ -403,11 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except AlpsError as err:
             print(f"alps-hf {name}: error: {err}", file=sys.stderr)
             return 2
+        # The leading newline ends a progress bar's unfinished line, so the message starts a line of its own.
         except KeyboardInterrupt:
-            print(stopped_message(name, argv, configs[0], "interrupted (Ctrl-C)"), file=sys.stderr)
+            print("\n" + stopped_message(name, argv, configs[0], "interrupted (Ctrl-C)"), file=sys.stderr)
             return 130
         except Terminated:
-            print(stopped_message(name, argv, configs[0], "terminated (SIGTERM)"), file=sys.stderr)
+            print("\n" + stopped_message(name, argv, configs[0], "terminated (SIGTERM)"), file=sys.stderr)
             return 143
     return int(result or 0)
 
