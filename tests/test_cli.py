@@ -323,3 +323,30 @@ def test_train_help_is_grouped(capsys):
                               "evaluation and logging", "scale"]
     optimisation = text[text.index("\noptimisation:"):text.index("\nevaluation and logging:")]
     assert "--learning-rate X" in optimisation and "--backbone-learning-rate" in optimisation
+
+
+# ---- point 9: why a model reference cannot be loaded ---------------------------------------------
+
+
+def load_error(name: str) -> BaseException:
+    from transformers import SamConfig
+
+    try:
+        SamConfig.from_pretrained(name)
+    except OSError as err:
+        return err
+    raise AssertionError(f"{name} loaded")
+
+
+def test_unloadable_reason_tells_offline_from_missing_folder(tmp_path):
+    from alps_hf.hub.references import unloadable_reason
+
+    text = unloadable_reason("--sam", "facebook/sam-vit-base", load_error("facebook/sam-vit-base"))
+    assert text.startswith("--sam 'facebook/sam-vit-base' cannot be reached (HF_HUB_OFFLINE is set) and is not in "
+                           "the local cache")
+    assert "unknown" not in text and "hf download facebook/sam-vit-base" in text
+    missing = str(tmp_path / "no" / "sam")
+    text = unloadable_reason("--sam", missing, load_error(missing))
+    assert text.startswith(f"--sam {missing!r}: folder not found")
+    text = unloadable_reason("--sam", "my-sam", load_error("my-sam"))
+    assert text.startswith("--sam 'my-sam' is no folder here and, as a Hub id, cannot be reached")
