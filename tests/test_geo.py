@@ -18,8 +18,9 @@ from rasterio.windows import Window as RioWindow  # noqa: E402
 
 from alps_hf.errors import ConfigError, ImageError, InputError  # noqa: E402
 from alps_hf.geo.geotiff import SCALE_PERCENTILES, open_scene  # noqa: E402
-from alps_hf.geo.rasters import plan_windows, scene_windows  # noqa: E402
+from alps_hf.geo.readers import scene_windows  # noqa: E402
 from alps_hf.geo.stitch import Stitcher, label_raster_suffix  # noqa: E402
+from alps_hf.geo.windows import plan_windows  # noqa: E402
 
 CRS = "EPSG:32640"
 TRANSFORM = rasterio.Affine(0.3, 0.0, 500_000.0, 0.0, -0.3, 2_700_000.0)
@@ -118,6 +119,33 @@ def test_sixteen_bit_scaling_is_per_band_and_per_scene(tmp_path):
     assert loaded.rgb[..., 0].min() == 0 and loaded.rgb[..., 0].max() == 255
 
 
+def test_same_sixteen_bit_data_same_rgb_in_any_container(tmp_path):
+    """One >8-bit rule: a uint16 array as 16-bit PNG (PIL, whole or by window) and as GeoTIFF (rasterio)
+    gives the same 8-bit RGB; three bands as GeoTIFF and as an array too."""
+    from PIL import Image
+
+    from alps_hf.images import decode_image_bytes, to_rgb_array
+
+    rng = np.random.default_rng(7)
+    gray = rng.normal(9_000, 2_500, (180, 300)).clip(0, 65535).astype(np.uint16)
+    gray[:3, :3] = 65535  # an outlier: clipped by the percentiles in both containers
+    Image.fromarray(gray).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I;16")
+    write_tif(tmp_path / "gray16.tif", gray[None])
+    ((_, from_tif),) = scene_windows(tmp_path / "gray16.tif", 512, 64)
+    expected = from_tif().rgb
+    assert expected.shape == (180, 300, 3) and expected.min() == 0 and expected.max() == 255
+    np.testing.assert_array_equal(decode_image_bytes((tmp_path / "gray16.png").read_bytes()), expected)
+    for _, load in scene_windows(tmp_path / "gray16.png", 128, 32):  # PIL by window: the scene is the image
+        loaded = load()
+        x0, y0, x1, y1 = loaded.meta["window"]
+        np.testing.assert_array_equal(loaded.rgb, expected[y0:y1, x0:x1])
+    bands = np.stack([gray, gray // 3 + 100, 65535 - gray])
+    write_tif(tmp_path / "rgb16.tif", bands)
+    ((_, from_tif),) = scene_windows(tmp_path / "rgb16.tif", 512, 64)
+    np.testing.assert_array_equal(to_rgb_array(bands.transpose(1, 2, 0)), from_tif().rgb)
+
+
 def test_four_band_scene_band_choice(tmp_path):
     rng = np.random.default_rng(2)
     data = rng.integers(0, 256, (4, 120, 150), dtype=np.uint8)
@@ -142,7 +170,7 @@ def test_four_band_scene_band_choice(tmp_path):
         scene_windows(described, 256, 32, bands=[5, 3, 2])
     with pytest.raises(ConfigError, match="give 1 band .* or 3 bands"):
         scene_windows(described, 256, 32, bands=[1, 2])
-    with pytest.raises(ConfigError, match="band 0 does not exist"):
+    with pytest.raises(ConfigError, match=r"--bands \[0, 1, 2\] is not allowed: .* 1-based"):
         scene_windows(plain, 256, 32, bands=[0, 1, 2])
 
 
@@ -228,7 +256,7 @@ _MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from alps_hf.geo.rasters import scene_windows
+    from alps_hf.geo.readers import scene_windows
     from alps_hf.geo.stitch import Stitcher
     path, out = sys.argv[1], sys.argv[2]
     items = scene_windows(path, 1024, 64)

@@ -18,7 +18,7 @@ from PIL import Image
 pytest.importorskip("rasterio")
 import rasterio  # noqa: E402
 
-from alps_hf.geo.rasters import Window, plan_windows  # noqa: E402
+from alps_hf.geo.windows import Window, plan_windows  # noqa: E402
 from alps_hf.labeling import pipeline  # noqa: E402
 from alps_hf.labeling.inputs import Tiling, list_image_files, resolve_inputs  # noqa: E402
 from label_helpers import TOY, check_dataset, failures, label, png, rows, run_error  # noqa: E402

@@ -45,7 +45,8 @@ def test_windows_cover_every_pixel_with_full_patches():
 def test_small_image_is_padded_bottom_right():
     image = np.full((300, 1000, 3), 7, dtype=np.uint8)
     patches = list(cut_patches(image))
-    assert [w for w, _ in patches] == [Window(0, 896, 0, 896), Window(0, 896, 104, 1000)]
+    assert [w.bounds for w, _ in patches] == [[0, 0, 896, 896], [104, 0, 1000, 896]]
+    assert patches[1][0] == Window(104, 0, 1000, 896, scene_size=(1000, 896), index=1)  # the one Window class
     first = patches[0][1]
     assert first.shape == (896, 896, 3)
     assert (first[:300] == 7).all() and (first[300:] == 0).all()

@@ -11,17 +11,10 @@ import torch
 from PIL import Image
 
 from alps_hf.errors import ConfigError, ImageError, InputError
-from alps_hf.geo.rasters import (
-    MIN_TILE_SIZE,
-    num_windows,
-    plan_windows,
-    raster_size,
-    resolve_seams,
-    scene_windows,
-    wants_windows,
-    window_from_meta,
-)
+from alps_hf.geo.readers import raster_size, scene_windows, wants_windows
+from alps_hf.geo.seams import resolve_seams
 from alps_hf.geo.stitch import Stitcher, label_raster_suffix, stitch_dataset, stitch_rows
+from alps_hf.geo.windows import MIN_TILE_SIZE, num_windows, plan_windows, window_from_meta
 from alps_hf.sam.masks import MaskSet
 
 # -- window planning ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_odd_but_valid_images_decode(odd):
     assert decode(folder, "palette_transparent.png").shape == (36, 44, 3)
     g16 = decode(folder, "gray16.png")
     assert g16.shape == (35, 40, 3)
-    assert g16.min() == 0 and g16.max() == 255  # scaled from its own 1000..3000 range
+    assert g16.min() == 0 and g16.max() == 255  # stretched from its own 2..98th percentile of 1000..3000
     assert g16[0, 0, 0] == 0 and g16[-1, -1, 0] == 255 and 120 <= g16[17, 20, 0] <= 135
     assert decode(folder, "tiny8.png").shape == (8, 8, 3)
     cmyk = decode(folder, "cmyk.jpg")
@@ -69,7 +69,8 @@ def test_to_rgb_array_variants(odd):
     rgba[..., 1] = 7
     assert to_rgb_array(rgba).shape == (2, 2, 3) and (to_rgb_array(rgba)[..., 1] == 7).all()
     floats = np.array([[0.0, 0.5], [1.0, 0.25]])
-    assert to_rgb_array(floats)[..., 0].tolist() == [[0, 128], [255, 64]]
+    # The one >8-bit rule: 2..98th percentile (0.015..0.97 here) to 0..255, clipped.
+    assert to_rgb_array(floats)[..., 0].tolist() == [[0, 130], [255, 63]]
     assert to_rgb_array(np.full((2, 2), 9.0)).max() == 0  # constant high-depth image
     data = (folder / "palette.png").read_bytes()
     assert np.array_equal(to_rgb_array({"bytes": data, "path": None}), decode(folder, "palette.png"))
@@ -169,3 +170,35 @@ def test_excluded_folder_is_not_listed(tmp_path):
     inputs = resolve_inputs([str(tmp_path)], exclude=str(tmp_path / "sub" / ".." / "out"))
     assert [it.source for it in inputs.items] == names
     assert len(resolve_inputs([str(tmp_path), str(tmp_path / "a.png")], exclude=tmp_path / "out").items) == 4
+
+
+def test_high_bit_depth_stretch_is_per_band_percentile():
+    """>8-bit arrays: each channel from its own 2nd..98th percentile, so one hot pixel does not darken the rest."""
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.integers(1000, 2000, (50, 60)), rng.integers(0, 60000, (50, 60)),
+                     np.full((50, 60), 7)], axis=2).astype(np.uint16)
+    data[0, 0, 0] = 65535  # an outlier in band 0
+    rgb = to_rgb_array(data)
+    for k in range(2):
+        lo, hi = np.percentile(data[..., k].astype(np.float64), [2, 98])
+        expected = np.rint(np.clip((data[..., k] - lo) * 255 / (hi - lo), 0, 255))
+        assert np.abs(rgb[..., k].astype(int) - expected).max() <= 1
+    assert rgb[0, 0, 0] == 255 and rgb[..., 0].mean() > 100  # the outlier is clipped, not the scale
+    assert (rgb[..., 2] == 0).all()  # a constant band
+    eight = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    assert np.array_equal(to_rgb_array(eight), eight)  # 8-bit data is never stretched
+
+
+def test_pil_pixel_limit_is_not_changed_on_import():
+    """Importing alps_hf leaves PIL's global decompression-bomb limit alone; our opens raise it only while
+    they run, and restore the caller's value (also when nested)."""
+    from alps_hf import images
+
+    before = Image.MAX_IMAGE_PIXELS
+    assert before != images.MAX_IMAGE_PIXELS
+    with images.allow_large_images():
+        assert Image.MAX_IMAGE_PIXELS == images.MAX_IMAGE_PIXELS
+        with images.allow_large_images():
+            pass
+        assert Image.MAX_IMAGE_PIXELS == images.MAX_IMAGE_PIXELS
+    assert Image.MAX_IMAGE_PIXELS == before

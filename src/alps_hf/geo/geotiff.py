@@ -8,12 +8,14 @@ Rules (the README's "Large scenes and GeoTIFF" section states them for users):
     whose colour interpretation or description says red, green, blue (in that order) when all
     three are present (descriptions before colour interpretation); otherwise bands 1, 2, 3; a scene with fewer than 3 bands is read as
     grey (band 1 repeated).
-  * Scaling: uint8 bands are used as they are. Any other type (uint16, int16, float32, ...) is
-    scaled per band, linearly, from its 2nd..98th percentile to 0..255 (clipped). The percentiles
-    are computed once per scene from a decimated read (longest side <= 1024 px, GDAL overviews
-    when the file has them) of the band's valid pixels (not its nodata value, not masked), so every window of a scene uses the same scaling
-    and seams do not show. A band with no spread in that range falls back to its min..max; a
-    constant band becomes 0.
+  * Scaling: the one >8-bit rule of `alps_hf.images` (PNG / JPEG inputs get the same): uint8
+    bands are used as they are; any other type (uint16, int16, float32, ...) is stretched per
+    band, linearly, from its 2nd..98th percentile to 0..255 (clipped), by `images.band_stretch` /
+    `images.stretch_to_uint8`. The percentiles are computed once per scene from a decimated read
+    (longest side <= 1024 px, GDAL overviews when the file has them; all pixels when the scene is
+    no larger) of the band's valid pixels (not its nodata value, not masked), so every window of
+    a scene uses the same scaling and seams do not show. A band with no spread in that range
+    falls back to its min..max; a constant band becomes 0.
   * No-data: a pixel is invalid when every selected band is masked by GDAL (the band's nodata
     value, an internal / sidecar mask, or an alpha band) or is not finite; invalid pixels are
     black in `rgb` and False in `valid`, so the pipeline labels them 255.
@@ -24,6 +26,7 @@ Rules (the README's "Large scenes and GeoTIFF" section states them for users):
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import warnings
 from collections.abc import Callable
@@ -34,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from alps_hf.errors import ConfigError, ImageError, InputError
-from alps_hf.geo.rasters import Window, WindowImage
+from alps_hf.geo.windows import Window
+from alps_hf.images import STRETCH_PERCENTILES, LoadedImage, band_stretch, stretch_to_uint8
 
 # GDAL's block cache defaults to 5 % of RAM; a decoded-block cache that large would make memory
 # grow with the scene. 64 MiB holds several 1024-px windows of blocks.
 GDAL_CACHE_BYTES = 64 * 2**20
-SCALE_PERCENTILES = (2.0, 98.0)
+SCALE_PERCENTILES = STRETCH_PERCENTILES  # the one >8-bit rule, see alps_hf.images
 STATS_MAX_SIDE = 1024
 
 _RGB_NAMES = {"red": ("red", "r"), "green": ("green", "g"), "blue": ("blue", "b")}
@@ -131,21 +135,53 @@ def _describe_bands(names: list[str]) -> str:
     return ", ".join(f"{i + 1}" + (f" ({n})" if n else "") for i, n in enumerate(names))
 
 
+def validate_bands(bands: list[int] | tuple[int, ...] | None) -> list[int] | None:
+    """The one check of `--bands` that needs no scene: 1 or 3 one-based band indices.
+
+    Called when the configuration is validated (before any model loads) and again by `select_bands`
+    for callers of the library; whether the bands exist is checked against each scene.
+
+    Args:
+        bands: the requested band indices, or None for the default choice.
+
+    Returns:
+        The indices as a list of ints, or None.
+
+    Raises:
+        ConfigError: not 1 or 3 indices, or an index that is not an integer >= 1.
+    """
+    if bands is None:
+        return None
+    try:
+        indices = [operator.index(b) for b in bands]
+    except TypeError:
+        indices = None
+    if indices is None or len(indices) not in (1, 3) or any(b < 1 or isinstance(b, bool) for b in indices):
+        raise ConfigError(
+            f"--bands {list(bands)} is not allowed: give 1 band (grey) or 3 bands (R G B order) as 1-based "
+            "indices, e.g. --bands 4 3 2"
+        )
+    return indices
+
+
 def select_bands(src, requested: list[int] | None, path: str) -> tuple[int, ...]:
     """The 1-based bands to read from an open dataset (see module docstring for the default rule).
 
+    Args:
+        src: an open rasterio dataset.
+        requested: the `--bands` indices, or None for the default choice.
+        path: the scene's path, for messages.
+
+    Returns:
+        The bands to read: one (grey) or three (R, G, B order).
+
     Raises:
-        ConfigError: a requested index that the scene does not have, or not 1 or 3 indices.
+        ConfigError: a request `validate_bands` refuses, or an index the scene does not have.
     """
     count = src.count
+    requested = validate_bands(requested)
     if requested is not None:
-        requested = [int(b) for b in requested]
-        if len(requested) not in (1, 3):
-            raise ConfigError(
-                f"--bands {requested}: give 1 band (grey) or 3 bands (R G B order), "
-                f"e.g. --bands 3 2 1; {path} has bands {_describe_bands(_band_names(src))}"
-            )
-        bad = [b for b in requested if not 1 <= b <= count]
+        bad = [b for b in requested if b > count]
         if bad:
             raise ConfigError(
                 f"--bands {requested}: band {bad[0]} does not exist in {path}, which has {count} "
@@ -178,24 +214,13 @@ def _valid_from_masks(masks: np.ndarray, data: np.ndarray) -> np.ndarray:
 
 
 def _scene_scaling(src, bands: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
-    """Per-band (lo, hi) from the 2nd..98th percentile of a decimated read of the whole scene."""
+    """Per-band (lo, hi) by `images.band_stretch` from a decimated read of the whole scene."""
     factor = max(1, int(np.ceil(max(src.width, src.height) / STATS_MAX_SIDE)))
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
     data = src.read(list(bands), out_shape=shape)
     masks = src.read_masks(list(bands), out_shape=shape)
-    scale = []
-    for k in range(len(bands)):
-        # Each band's own mask: a band's nodata value is no measurement, even where others have one.
-        values = data[k][masks[k] > 0].astype(np.float64)
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            scale.append((0.0, 1.0))
-            continue
-        lo, hi = (float(v) for v in np.percentile(values, SCALE_PERCENTILES))
-        if hi <= lo:
-            lo, hi = float(values.min()), float(values.max())
-        scale.append((lo, hi))
-    return tuple(scale)
+    # Each band's own mask: a band's nodata value is no measurement, even where others have one.
+    return tuple(band_stretch(data[k][masks[k] > 0]) for k in range(len(bands)))
 
 
 def open_scene(path: str | os.PathLike, bands: list[int] | None = None) -> GeoScene:
@@ -238,35 +263,21 @@ def open_scene(path: str | os.PathLike, bands: list[int] | None = None) -> GeoSc
         )
 
 
-def to_uint8(data: np.ndarray, scale: tuple[tuple[float, float], ...] | None) -> np.ndarray:
-    """(bands, h, w) data to uint8 with the scene's per-band (lo, hi) scaling (None: already uint8)."""
-    if scale is None:
-        return data.astype(np.uint8, copy=False)
-    out = np.empty(data.shape, np.uint8)
-    for k, (lo, hi) in enumerate(scale):
-        span = hi - lo
-        band = data[k].astype(np.float32)
-        if span <= 0:
-            out[k] = 0
-            continue
-        band -= lo
-        band *= 255.0 / span
-        np.nan_to_num(band, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-        np.clip(band, 0, 255, out=band)
-        out[k] = np.rint(band)
-    return out
-
-
 def window_transform(scene: GeoScene, window: Window) -> list[float] | None:
-    """Affine (a, b, c, d, e, f) of the window: the scene's with its origin moved to (x0, y0)."""
+    """Affine (a, b, c, d, e, f) of the window (rasterio's `windows.transform`), None without georeference."""
     if scene.transform is None:
         return None
-    a, b, c, d, e, f = scene.transform
-    return [a, b, c + a * window.x0 + b * window.y0, d, e, f + d * window.x0 + e * window.y0]
+    rasterio_module()
+    from rasterio import Affine
+    from rasterio.windows import Window as RioWindow
+    from rasterio.windows import transform
+
+    rio_window = RioWindow(window.x0, window.y0, window.width, window.height)
+    return list(transform(rio_window, Affine(*scene.transform)))[:6]
 
 
 def window_meta(scene: GeoScene, window: Window) -> dict[str, Any]:
-    """The meta dict of a window row (see `WindowImage`)."""
+    """The meta dict of a window row (see `alps_hf.images.LoadedImage`)."""
     return {
         "scene": scene.path,
         "window": window.bounds,
@@ -276,14 +287,13 @@ def window_meta(scene: GeoScene, window: Window) -> dict[str, Any]:
     }
 
 
-def read_window(scene: GeoScene, window: Window) -> WindowImage:
+def read_window(scene: GeoScene, window: Window) -> LoadedImage:
     """Read one window of a scene: RGB uint8 pixels, validity, meta.
 
     Raises:
         ImageError: the window cannot be read (corrupt blocks, file gone), with GDAL's reason.
     """
     rasterio_module()
-    from rasterio._err import CPLE_BaseError
     from rasterio.errors import RasterioError
     from rasterio.windows import Window as RioWindow
 
@@ -296,10 +306,12 @@ def read_window(scene: GeoScene, window: Window) -> WindowImage:
                 )
             data = src.read(list(scene.bands), window=rio_window)
             masks = src.read_masks(list(scene.bands), window=rio_window)
-    except (RasterioError, CPLE_BaseError) as err:
-        raise ImageError(f"{scene.path}: window {window.bounds} cannot be read ({err})") from None
+    except RasterioError as err:
+        # rasterio's message says "see previous exception": GDAL's reason is its cause.
+        reason = f"{err}: {err.__cause__}" if err.__cause__ is not None else str(err)
+        raise ImageError(f"{scene.path}: window {window.bounds} cannot be read ({reason})") from None
     valid = _valid_from_masks(masks, data)
-    pixels = to_uint8(data, scene.scale)
+    pixels = stretch_to_uint8(data, scene.scale)
     del data
     if pixels.shape[0] == 1:
         pixels = np.repeat(pixels, 3, axis=0)
@@ -307,10 +319,12 @@ def read_window(scene: GeoScene, window: Window) -> WindowImage:
     all_valid = bool(valid.all())
     if not all_valid:
         rgb[~valid] = 0
-    return WindowImage(rgb=rgb, image_bytes=None, valid=None if all_valid else valid, meta=window_meta(scene, window))
+    return LoadedImage(rgb=rgb, image_bytes=None, valid=None if all_valid else valid, meta=window_meta(scene, window))
 
 
-def window_loader(scene: GeoScene, window: Window) -> Callable[[], WindowImage]:
-    """A zero-argument loader for one window; picklable (a partial of `read_window`), so it can
-    cross to DataLoader workers under any start method."""
+def window_loader(scene: GeoScene, window: Window) -> Callable[[], LoadedImage]:
+    """A zero-argument loader for one window.
+
+    Picklable (a partial of `read_window`), so it can cross to DataLoader workers under any start method.
+    """
     return functools.partial(read_window, scene, window)

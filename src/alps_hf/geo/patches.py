@@ -10,23 +10,10 @@ shift (mmsegmentation writes them twice under one file name) are returned once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True, order=True)
-class Window:
-    """A patch window in pixels of the (padded) image: rows y0:y1, columns x0:x1."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    def name(self, stem: str) -> str:
-        """mmsegmentation's patch file name: `<stem>_<y0>_<y1>_<x0>_<x1>.png`."""
-        return f"{stem}_{self.y0}_{self.y1}_{self.x0}_{self.x1}.png"
+from alps_hf.geo.windows import Window
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:
@@ -37,6 +24,16 @@ def _starts(size: int, patch: int, stride: int) -> list[int]:
 def sliding_windows(height: int, width: int, patch: int = 896, overlap: int = 384) -> list[Window]:
     """Windows covering a `height` x `width` image (padded to at least `patch` per side).
 
+    Args:
+        height: image height in pixels (before padding).
+        width: image width in pixels (before padding).
+        patch: patch side in pixels.
+        overlap: overlap of neighbouring patches in pixels.
+
+    Returns:
+        `Window`s in mmsegmentation's order (columns outer, rows inner), without cores (a patch is a
+        sample of its own, not the owner of part of a scene), `scene_size` the padded size.
+
     Raises:
         ValueError: a non-positive size or patch, or overlap outside [0, patch).
     """
@@ -46,15 +43,18 @@ def sliding_windows(height: int, width: int, patch: int = 896, overlap: int = 38
         raise ValueError(f"overlap {overlap} must be in [0, patch={patch})")
     height, width = max(height, patch), max(width, patch)
     stride = patch - overlap
+    starts = [(x, y) for x in _starts(width, patch, stride) for y in _starts(height, patch, stride)]
     return [
-        Window(y, y + patch, x, x + patch)
-        for x in _starts(width, patch, stride)
-        for y in _starts(height, patch, stride)
+        Window(x, y, x + patch, y + patch, scene_size=(width, height), index=i) for i, (x, y) in enumerate(starts)
     ]
 
 
 def pad_to_patch(image: np.ndarray, patch: int, value: int = 0) -> np.ndarray:
-    """Pad an (H, W[, C]) array at the bottom / right so that both sides are at least `patch`."""
+    """Pad an (H, W[, C]) array at the bottom / right so that both sides are at least `patch`.
+
+    Returns:
+        `image` itself when it is large enough, else a padded copy filled with `value`.
+    """
     pad_h, pad_w = max(0, patch - image.shape[0]), max(0, patch - image.shape[1])
     if not pad_h and not pad_w:
         return image
@@ -65,7 +65,14 @@ def pad_to_patch(image: np.ndarray, patch: int, value: int = 0) -> np.ndarray:
 def cut_patches(
     image: np.ndarray, patch: int = 896, overlap: int = 384, pad_value: int = 0
 ) -> Iterator[tuple[Window, np.ndarray]]:
-    """Yield (window, patch array) over `image` (H, W[, C]); patches are views, copy to keep them."""
+    """Cut `image` (H, W[, C]) into patches, padded first when smaller than a patch.
+
+    Yields:
+        (window, patch array) in `sliding_windows` order; patches are views, copy to keep them.
+
+    Raises:
+        ValueError: as `sliding_windows`.
+    """
     padded = pad_to_patch(image, patch, pad_value)
     for window in sliding_windows(padded.shape[0], padded.shape[1], patch, overlap):
         yield window, padded[window.y0 : window.y1, window.x0 : window.x1]

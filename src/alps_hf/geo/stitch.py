@@ -5,7 +5,7 @@ scene, named `<scene stem>_labels.tif|png`, with an `index.json` mapping scene -
 
 Windows are written into the output file one at a time (read-modify-write of the window's
 region), so memory is bounded by the window for GeoTIFF output. Ownership follows the seam rule
-of `alps_hf.geo.rasters`: the label maps given to `add` are painted from the masks `resolve_seams`
+of `alps_hf.geo.seams`: the label maps given to `add` are painted from the masks `resolve_seams`
 kept, and each output pixel takes
   1. the label of the window whose core contains it, when that window has a mask there;
   2. otherwise the label of a neighbouring window whose kept mask reaches over the core border
@@ -22,16 +22,20 @@ The file appears under its final name only at `close` (temporary name, then rena
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from alps_hf.core import IGNORE_INDEX
 from alps_hf.errors import ConfigError
-from alps_hf.geo.rasters import Window, plan_windows, uses_rasterio
+from alps_hf.geo.geotiff import GDAL_CACHE_BYTES, rasterio_module
+from alps_hf.geo.readers import uses_rasterio
+from alps_hf.geo.windows import Window, plan_windows
 
-NO_LABEL = 255
+NO_LABEL = IGNORE_INDEX
 
 
 def label_raster_suffix(scene_path: str | os.PathLike) -> str:
@@ -40,11 +44,105 @@ def label_raster_suffix(scene_path: str | os.PathLike) -> str:
 
 
 def scene_transform_from_window(window_transform: list[float] | None, x0: int, y0: int) -> tuple | None:
-    """The scene's affine transform from a window's transform and the window's origin."""
+    """The scene's affine transform (a, b, c, d, e, f) from a window's transform and the window's origin.
+
+    Returns:
+        The transform of the window moved back by its own offset (rasterio's `windows.transform`
+        of the window at (-x0, -y0)), or None when the window has none.
+    """
     if window_transform is None:
         return None
-    a, b, c, d, e, f = window_transform
-    return (a, b, c - a * x0 - b * y0, d, e, f - d * x0 - e * y0)
+    rasterio_module()
+    from rasterio import Affine
+    from rasterio.windows import Window as RioWindow
+    from rasterio.windows import transform
+
+    return tuple(transform(RioWindow(-x0, -y0, 1, 1), Affine(*window_transform)))[:6]
+
+
+class _PngStore:
+    """The label raster in a temporary W*H-byte memory-map, encoded as PNG at `finish`.
+
+    PNG cannot be written by window, so the scene is assembled in a file-backed array first.
+    """
+
+    def __init__(self, tmp: Path, width: int, height: int) -> None:
+        self._tmp = tmp
+        self._raw = tmp.with_suffix(".raw")
+        self._array = np.memmap(self._raw, dtype=np.uint8, mode="w+", shape=(height, width))
+        self._array[:] = NO_LABEL
+
+    def read(self, w: Window) -> np.ndarray:
+        return np.array(self._array[w.y0 : w.y1, w.x0 : w.x1])
+
+    def write(self, w: Window, region: np.ndarray) -> None:
+        self._array[w.y0 : w.y1, w.x0 : w.x1] = region
+
+    def finish(self) -> None:
+        """Encode the PNG at the temporary name and drop the memory map."""
+        from PIL import Image
+
+        self._array.flush()
+        Image.fromarray(np.asarray(self._array)).save(self._tmp, format="PNG")
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop the memory map and its file."""
+        del self._array
+        self._raw.unlink(missing_ok=True)
+
+
+class _GeoTiffStore:
+    """The label raster as a tiled, deflate-compressed GeoTIFF at the temporary name, written by window."""
+
+    def __init__(self, tmp: Path, width: int, height: int, crs: str | None, transform: tuple | list | None) -> None:
+        rasterio = rasterio_module()
+        from rasterio.errors import NotGeoreferencedWarning
+
+        profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 1,
+            "dtype": "uint8",
+            "nodata": NO_LABEL,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+        }
+        if crs is not None:
+            profile["crs"] = crs
+        if transform is not None:
+            profile["transform"] = rasterio.Affine(*transform)
+        # The GDAL environment (bounded block cache) and the open file live as long as the store:
+        # entered on one stack, kept past this block once both are open, closed by `finish`.
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+            with warnings.catch_warnings():
+                # A scene without CRS was already warned about when it was opened.
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._dst = stack.enter_context(rasterio.open(tmp, "w+", **profile))
+            self._stack = stack.pop_all()
+
+    @staticmethod
+    def _rio(w: Window):
+        from rasterio.windows import Window as RioWindow
+
+        return RioWindow(w.x0, w.y0, w.width, w.height)
+
+    def read(self, w: Window) -> np.ndarray:
+        return self._dst.read(1, window=self._rio(w))
+
+    def write(self, w: Window, region: np.ndarray) -> None:
+        self._dst.write(region, 1, window=self._rio(w))
+
+    def finish(self) -> None:
+        """Close the file (and leave the GDAL environment)."""
+        self._stack.close()
+
+    discard = finish  # the caller removes the temporary file
 
 
 class Stitcher:
@@ -53,12 +151,18 @@ class Stitcher:
     Args:
         path: output file; its suffix picks the format (.tif / .tiff GeoTIFF, .png PNG).
         scene_size: (width, height) of the scene.
-        tile_size, overlap: the tiling the windows came from (`plan_windows` is re-run to know
+        tile_size: the window side the windows came from (`plan_windows` is re-run to know
             each window's core).
+        overlap: the window overlap the windows came from.
         crs: WKT of the scene's CRS, or None (GeoTIFF output only).
         transform: the scene's affine (a, b, c, d, e, f), or None (GeoTIFF output only).
 
-    Use as a context manager, or call `close()` (writes the file) / `abort()` (removes it).
+    Raises:
+        ConfigError: a suffix other than .tif, .tiff, .png.
+        InputError: GeoTIFF output and rasterio is not installed.
+
+    Use as a context manager (`close` on success, `abort` on an exception), or call `close()`
+    (writes the file) / `abort()` (removes it); after either, both do nothing.
     """
 
     def __init__(
@@ -78,42 +182,11 @@ class Stitcher:
         if self.format not in (".tif", ".tiff", ".png"):
             raise ConfigError(f"stitched label raster {self.path}: suffix must be .tif, .tiff or .png")
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._raw = None
-        self._dst = None
+        self._store: _PngStore | _GeoTiffStore | None
         if self.format == ".png":
-            self._raw = self._tmp.with_suffix(".raw")
-            self._array = np.memmap(self._raw, dtype=np.uint8, mode="w+", shape=(self.height, self.width))
-            self._array[:] = NO_LABEL
+            self._store = _PngStore(self._tmp, self.width, self.height)
         else:
-            from alps_hf.geo.geotiff import rasterio_module
-
-            rasterio = rasterio_module()
-
-            profile = {
-                "driver": "GTiff",
-                "width": self.width,
-                "height": self.height,
-                "count": 1,
-                "dtype": "uint8",
-                "nodata": NO_LABEL,
-                "tiled": True,
-                "blockxsize": 256,
-                "blockysize": 256,
-                "compress": "deflate",
-                "BIGTIFF": "IF_SAFER",
-            }
-            if crs is not None:
-                profile["crs"] = crs
-            if transform is not None:
-                profile["transform"] = rasterio.Affine(*transform)
-            from rasterio.errors import NotGeoreferencedWarning
-
-            self._env = rasterio.Env(GDAL_CACHEMAX=64 * 2**20)
-            self._env.__enter__()
-            with warnings.catch_warnings():
-                # A scene without CRS was already warned about when it was opened.
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self._dst = rasterio.open(self._tmp, "w+", **profile)
+            self._store = _GeoTiffStore(self._tmp, self.width, self.height, crs, transform)
 
     @classmethod
     def from_meta(cls, path: str | os.PathLike, meta: dict, tile_size: int, overlap: int) -> Stitcher:
@@ -128,28 +201,15 @@ class Stitcher:
             transform=scene_transform_from_window(meta.get("transform"), x0, y0),
         )
 
-    # -- region I/O, the only format-specific part
-    def _read(self, w: Window) -> np.ndarray:
-        if self._dst is None:
-            return np.array(self._array[w.y0 : w.y1, w.x0 : w.x1])
-        from rasterio.windows import Window as RioWindow
-
-        return self._dst.read(1, window=RioWindow(w.x0, w.y0, w.width, w.height))
-
-    def _write(self, w: Window, region: np.ndarray) -> None:
-        if self._dst is None:
-            self._array[w.y0 : w.y1, w.x0 : w.x1] = region
-            return
-        from rasterio.windows import Window as RioWindow
-
-        self._dst.write(region, 1, window=RioWindow(w.x0, w.y0, w.width, w.height))
-
     def add(self, window: Window | list[int] | tuple[int, ...], label: np.ndarray) -> None:
         """Merge one window's (h, w) uint8 label map (255 = no label) into the output.
 
         Raises:
-            ValueError: a window that is not one of this scene's tiling, or a label of another size.
+            ValueError: a window that is not one of this scene's tiling, a label of another size,
+                or a stitcher already closed.
         """
+        if self._store is None:
+            raise ValueError(f"{self.path}: the stitcher is closed")
         bounds = tuple(window.bounds if isinstance(window, Window) else (int(v) for v in window))
         if bounds not in self.windows:
             raise ValueError(f"window {list(bounds)} is not a window of this {self.width}x{self.height} tiling")
@@ -157,7 +217,7 @@ class Stitcher:
         label = np.asarray(label)
         if label.shape != (w.height, w.width):
             raise ValueError(f"label of shape {label.shape} for window {list(bounds)} of {w.width}x{w.height}")
-        current = self._read(w)
+        current = self._store.read(w)
         in_core = np.zeros(label.shape, dtype=bool)
         cx0, cy0, cx1, cy1 = w.core_local()
         in_core[cy0:cy1, cx0:cx1] = True
@@ -166,7 +226,7 @@ class Stitcher:
         # spill (rule 2) or stay 255. Outside the core: only fill what nobody labeled yet.
         take = np.where(in_core, has, has & (current == NO_LABEL))
         self.added.add(bounds)
-        self._write(w, np.where(take, label, current).astype(np.uint8))
+        self._store.write(w, np.where(take, label, current).astype(np.uint8))
 
     @property
     def missing(self) -> list[list[int]]:
@@ -175,33 +235,18 @@ class Stitcher:
 
     def close(self) -> Path:
         """Finish the file and move it to `path`; returns `path`."""
-        if self._dst is not None:
-            self._dst.close()
-            self._env.__exit__(None, None, None)
-            self._dst = None
-            os.replace(self._tmp, self.path)
-        elif self._raw is not None:
-            from PIL import Image
-
-            self._array.flush()
-            Image.fromarray(np.asarray(self._array)).save(self._tmp, format="PNG")
-            del self._array
-            self._raw.unlink()
-            self._raw = None
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.finish()
             os.replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
         """Drop the partial output (nothing is left under `path` or the temporary names)."""
-        if self._dst is not None:
-            self._dst.close()
-            self._env.__exit__(None, None, None)
-            self._dst = None
-        if self._raw is not None:
-            del self._array
-            self._raw.unlink(missing_ok=True)
-            self._raw = None
-        self._tmp.unlink(missing_ok=True)
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.discard()
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> Stitcher:
         return self
@@ -232,7 +277,8 @@ def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) 
             `window` in their meta (ordinary images) are skipped.
         out_dir: folder for the rasters, named `<scene stem>_labels.tif` (rasterio-read scenes) or
             `.png`; an `index.json` maps each scene path to its file.
-        tile_size, overlap: the tiling the rows were made with.
+        tile_size: the window side the rows were made with.
+        overlap: the window overlap the rows were made with.
 
     Returns:
         {scene path: raster path}. A scene's raster is closed as soon as all its windows arrived,
@@ -242,7 +288,7 @@ def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) 
 
     from PIL import Image
 
-    from alps_hf.config_utils import atomic_write_text
+    from alps_hf.core import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

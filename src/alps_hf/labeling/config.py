@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from alps_hf.config_utils import arg
 from alps_hf.errors import ConfigError
-from alps_hf.geo.rasters import MIN_TILE_SIZE, validate_tiling
+from alps_hf.geo.geotiff import validate_bands
+from alps_hf.geo.windows import MIN_TILE_SIZE, validate_tiling
 
 # Window side used for GeoTIFF-family scenes when --tile-size is not given.
 DEFAULT_TILE_SIZE = 1024
@@ -153,14 +154,7 @@ class LabelConfig:
                 f"--tile-size {self.tile_size} is larger than --max-mask-side {self.max_mask_side}: windows must be "
                 f"labeled at full resolution for the seam rule; lower --tile-size or raise --max-mask-side"
             )
-        if self.bands is not None:
-            bands = list(self.bands)
-            if len(bands) not in (1, 3) or any(not isinstance(b, int) or b < 1 for b in bands):
-                raise ConfigError(
-                    f"--bands {bands} is not allowed: give 1 band (grey) or 3 bands (R G B order) as 1-based "
-                    "indices, e.g. --bands 4 3 2"
-                )
-            self.bands = bands
+        self.bands = validate_bands(self.bands)
 
 
 @dataclass

@@ -8,36 +8,18 @@ Resolution is cheap (no image is decoded) and happens before any model loads.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from alps_hf.errors import ImageError, InputError
-from alps_hf.images import decode_image_bytes
+from alps_hf.geo import geotiff, readers
+from alps_hf.images import LoadedImage, decode_image_bytes
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass
-class LoadedImage:
-    """One decoded input.
-
-    Attributes:
-        rgb: (H, W, 3) uint8, upright (EXIF applied).
-        image_bytes: encoded bytes for the dataset's `image` column (the original file where possible);
-            None means: encode `rgb` as PNG.
-        valid: optional (H, W) bool; False = no-data, labeled 255.
-        meta: extra facts about the row (window coordinates, CRS, ...).
-    """
-
-    rgb: np.ndarray
-    image_bytes: bytes | None = None
-    valid: np.ndarray | None = None
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -50,14 +32,22 @@ class ImageItem:
 
 @dataclass
 class InputSet:
+    """What the command's inputs resolved to.
+
+    Attributes:
+        items: the inputs in their sorted order, windows of a scene in a row.
+        description: how the inputs are named in the run summary.
+        scenes: files cut into windows (each window is one of `items`).
+    """
+
     items: list[ImageItem]
     description: str
-    scenes: int = 0  # files cut into windows (each window is one of `items`)
+    scenes: int = 0
 
 
 @dataclass(frozen=True)
 class Tiling:
-    """How files are cut into windows (see `alps_hf.geo.rasters`).
+    """How files are cut into windows (see `alps_hf.geo.windows` and `alps_hf.geo.readers`).
 
     Attributes:
         tile_size: --tile-size; None = only GeoTIFF-family scenes are windowed, at `window_size`.
@@ -79,41 +69,36 @@ def _failing_item(source: str, error: Exception) -> ImageItem:
     return ImageItem(source, load)
 
 
-def _window_item(source: str, shown_scene: str, loader: Callable) -> ImageItem:
+def _window_item(source: str, shown_scene: str, loader: Callable[[], LoadedImage]) -> ImageItem:
     def load() -> LoadedImage:
         window = loader()
-        meta = {**window.meta, "scene": shown_scene}
-        return LoadedImage(rgb=window.rgb, image_bytes=window.image_bytes, valid=window.valid, meta=meta)
+        return dataclasses.replace(window, meta={**window.meta, "scene": shown_scene})
 
     return ImageItem(source, load)
 
 
-def _path_items(path: Path, shown: str, tiling: Tiling | None) -> list[ImageItem]:
+def _path_items(path: Path, shown: str, tiling: Tiling | None, cache: readers.SceneCache) -> list[ImageItem]:
     """The items of one file: itself, or one item per window when tiling applies to it.
 
     A scene whose header cannot be read becomes one failing item (listed in failures.jsonl);
     configuration problems (a band the scene lacks, rasterio missing for --tile-size) raise.
     """
-    from alps_hf.geo import rasters
-
     if tiling is None:
         return [_file_item(path, shown)]
-    geo_format = rasters.uses_rasterio(path)
+    geo_format = readers.uses_rasterio(path)
     if geo_format:
-        from alps_hf.geo.geotiff import rasterio_available
-
-        if not rasterio_available():
+        if not geotiff.rasterio_available():
             if tiling.tile_size is None and tiling.bands is None:
                 return [_file_item(path, shown)]  # read whole by PIL, as any image
             raise InputError(
                 f"{shown}: --tile-size / --bands read TIFF-family scenes through rasterio, which is not installed; "
                 "pip install 'alps_hf[geo]'"
             )
-    elif not (tiling.tile_size is not None and rasters.wants_windows(path, tiling.tile_size)):
+    elif not (tiling.tile_size is not None and readers.wants_windows(path, tiling.tile_size)):
         return [_file_item(path, shown)]
     bands = tiling.bands if geo_format else None
     try:
-        windows = rasters.scene_windows(path, tiling.window_size, tiling.overlap, bands)
+        windows = readers.scene_windows(path, tiling.window_size, tiling.overlap, bands, cache)
     except ImageError as err:
         return [_failing_item(shown, err)]
     prefix = len(str(path))
@@ -123,8 +108,10 @@ def _path_items(path: Path, shown: str, tiling: Tiling | None) -> list[ImageItem
 def _expand(files: list[tuple[Path, str]], tiling: Tiling | None) -> tuple[list[ImageItem], int]:
     items: list[ImageItem] = []
     scenes = 0
+    # One decoded-scene cache for the run's PIL-read scenes, dropped with the items.
+    cache = readers.SceneCache()
     for path, shown in files:
-        got = _path_items(path, shown, tiling)
+        got = _path_items(path, shown, tiling, cache)
         scenes += got[0].source != shown
         items += got
     return items, scenes
@@ -148,8 +135,11 @@ _WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".jgw", ".pgw", ".wld", ".prj")
 
 
 def _drop_sidecars(files: list[Path]) -> list[Path]:
-    """Files minus GDAL sidecars of another listed file (`x.tif.aux.xml`, `x.tif.ovr`, `x.tif.msk`,
-    and world / projection files `x.tfw`, `x.prj`, ... beside an image `x.*`)."""
+    """Files minus GDAL sidecars of another listed file.
+
+    Sidecars are `x.tif.aux.xml`, `x.tif.ovr`, `x.tif.msk`, and world / projection files `x.tfw`,
+    `x.prj`, ... beside an image `x.*`.
+    """
     names = {f.as_posix() for f in files}
     stems = {f.with_suffix("").as_posix() for f in files if f.suffix.lower() not in _WORLD_FILE_SUFFIXES}
 
@@ -165,9 +155,16 @@ def _drop_sidecars(files: list[Path]) -> list[Path]:
 
 
 def list_image_files(folder: Path, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Every regular, non-hidden file under folder, sorted by relative POSIX path; the folder `exclude`
-    (the run's output, when it lies inside an input folder) is skipped, and so are GDAL sidecars of a
-    listed scene (`x.tif.aux.xml`, `x.tif.ovr`, `x.tfw`, ...), which GDAL reads with the scene."""
+    """Every regular, non-hidden file under `folder`, sorted by relative POSIX path.
+
+    Args:
+        folder: the input folder, searched recursively (hidden files and folders skipped).
+        exclude: a folder never listed (the run's output, when it lies inside an input folder).
+
+    Returns:
+        The files, without GDAL sidecars of a listed scene (`x.tif.aux.xml`, `x.tif.ovr`, `x.tfw`,
+        ...), which GDAL reads with the scene.
+    """
     skip = Path(exclude).resolve() if exclude is not None else None
     files = []
     for root, dirs, names in os.walk(folder):

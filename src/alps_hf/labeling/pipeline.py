@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from alps_hf import __version__
 from alps_hf.config_utils import atomic_write_text, config_to_dict, save_config
 from alps_hf.errors import AlpsError, ConfigError, InputError
-from alps_hf.geo.rasters import Window, resolve_seams, window_from_meta
+from alps_hf.geo.seams import resolve_seams
+from alps_hf.geo.windows import Window, window_from_meta
 from alps_hf.labeling.clustering import ClusterModel, fit_online_kmeans
 from alps_hf.labeling.config import LabelConfig, ReclusterConfig
 from alps_hf.labeling.inputs import ImageItem, LoadedImage, Tiling, resolve_inputs
@@ -182,7 +183,7 @@ class Pass1Runner:
             t_seam = time.perf_counter()
             masks = out.masks
             window = self._window(loaded)
-            if window is not None:  # drop masks cut by the window or owned by a neighbour (rasters.py)
+            if window is not None:  # drop masks cut by the window or owned by a neighbour (geo/seams.py)
                 masks = resolve_seams(masks, window)
             t0 = time.perf_counter()
             feats = mask_features(masks.masks, out.embedding, out.frame)
