@@ -350,3 +350,13 @@ def test_unloadable_reason_tells_offline_from_missing_folder(tmp_path):
     assert text.startswith(f"--sam {missing!r}: folder not found")
     text = unloadable_reason("--sam", "my-sam", load_error("my-sam"))
     assert text.startswith("--sam 'my-sam' is no folder here and, as a Hub id, cannot be reached")
+
+
+def test_label_help_is_grouped(capsys):
+    text = help_text(capsys, "label")
+    assert headings(text) == ["options", "inputs", "SAM", "mask generation", "clustering", "output", "scale"]
+    masks = text[text.index("\nmask generation:"):text.index("\nscale:")]
+    for flag in ("--pred-iou-thresh", "--stability-score-thresh", "--max-area-fraction", "--max-mask-side"):
+        assert flag in masks
+    assert "SAM sees 1024 px anyway" not in text and "1024 px for facebook/sam-vit-*" in " ".join(text.split())
+    assert "Positional." not in text

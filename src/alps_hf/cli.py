@@ -186,12 +186,21 @@ class AlpsArgumentParser(HfArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(dataclass_types, **kwargs)
 
+    def _add_dataclass_arguments(self, dtype: Any) -> None:
+        # argparse lists groups in creation order: create the config's declared headings first.
+        for title in getattr(dtype, "flag_groups", ()):
+            self._group(title)
+        super()._add_dataclass_arguments(dtype)
+
+    def _group(self, title: str) -> argparse._ArgumentGroup:
+        if title not in self._groups:
+            self._groups[title] = self.add_argument_group(title)
+        return self._groups[title]
+
     def _parse_dataclass_field(self, parser: Any, field: dataclasses.Field) -> None:
         # An instance method where HfArgumentParser has a staticmethod: it is called as self._parse_...
         title = field.metadata.get("group")
-        if title is not None and title not in self._groups:
-            self._groups[title] = self.add_argument_group(title)
-        target = self._groups[title] if title is not None else parser
+        target = self._group(title) if title is not None else parser
         adder = _FieldAdder(self, target, field, positional=field.name == self.positional)
         HfArgumentParser._parse_dataclass_field(adder, field)
 

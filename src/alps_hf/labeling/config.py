@@ -8,6 +8,7 @@ The resolved config is written next to the output as `label_config.json`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from alps_hf.config_utils import arg
 from alps_hf.errors import ConfigError
@@ -19,6 +20,14 @@ DEFAULT_TILE_SIZE = 1024
 
 NORMALIZATIONS = ("l2", "none")
 
+# The headings `alps-hf label --help` lists the flags under (cli.py reads each field's `group`).
+_INPUTS = "inputs"
+_SAM = "SAM"
+_MASKS = "mask generation"
+_CLUSTERING = "clustering"
+_OUTPUT = "output"
+_SCALE = "scale"
+
 
 def _check_fraction(name: str, value: float, flag: str) -> None:
     if not 0.0 <= value <= 1.0:
@@ -29,50 +38,54 @@ def _check_fraction(name: str, value: float, flag: str) -> None:
 class LabelConfig:
     """Everything `alps-hf label` needs: inputs, SAM, mask generation, clustering, output."""
 
+    # The order of the headings in `--help` (each field names its own in `group`).
+    flag_groups: ClassVar[tuple[str, ...]] = (_INPUTS, _SAM, _MASKS, _CLUSTERING, _OUTPUT, _SCALE)
+
     inputs: list[str] = arg(
         [],
         "Images to label: a folder (searched recursively, sorted), image files, a `save_to_disk` folder, a "
-        "Hub-layout dataset folder, or a Hub dataset id (with --split / --image-column). Positional.",
+        "Hub-layout dataset folder, or a Hub dataset id (with --split / --image-column).", group=_INPUTS,
     )
-    output: str = arg(None, "Output folder (written in Hub dataset layout). Required.")
-    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder.")
-    sam_revision: str | None = arg(None, "Hub revision (branch, tag or commit) of --sam.")
-    split: str = arg("train", "Split to read when the input is a dataset; also the split name of the output.")
-    image_column: str = arg("image", "Image column when the input is a dataset.")
-    num_clusters: int = arg(46, "K, the number of pseudo-classes (2..255; ALPS uses 46).")
+    output: str = arg(None, "Output folder (written in Hub dataset layout). Required.", group=_OUTPUT)
+    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder.", group=_SAM)
+    sam_revision: str | None = arg(None, "Hub revision (branch, tag or commit) of --sam.", group=_SAM)
+    split: str = arg("train", "Split to read when the input is a dataset; also the split name of the output.", group=_INPUTS)
+    image_column: str = arg("image", "Image column when the input is a dataset.", group=_INPUTS)
+    num_clusters: int = arg(46, "K, the number of pseudo-classes (2..255; ALPS uses 46).", group=_CLUSTERING)
     clusters: str | None = arg(
         None,
         "An existing cluster model (cluster_model.safetensors or the folder holding it): label with its "
-        "centroids and class ids instead of fitting K-means (--num-clusters is then taken from it).",
+        "centroids and class ids instead of fitting K-means (--num-clusters is then taken from it).", group=_CLUSTERING,
     )
     feature_normalization: str = arg(
         "l2",
         "Mask feature normalisation before K-means: 'l2' (default: unit length, so clusters group masks by the "
         "direction of the SAM embedding, i.e. what the content is, not by how strongly the encoder responds, "
-        "which varies with contrast and texture) or 'none'.",
+        "which varies with contrast and texture) or 'none'.", group=_CLUSTERING,
     )
-    kmeans_batch_size: int = arg(4096, "Mini-batch size of the online K-means (MiniBatchKMeans.partial_fit).")
+    kmeans_batch_size: int = arg(4096, "Mini-batch size of the online K-means (MiniBatchKMeans.partial_fit).", group=_CLUSTERING)
     kmeans_passes: int = arg(
-        3, "Passes of online K-means over the streamed mask features (more passes, steadier centroids)."
+        3, "Passes of online K-means over the streamed mask features (more passes, steadier centroids).", group=_CLUSTERING
     )
-    seed: int = arg(0, "Seed of K-means (the only random part of labeling).")
-    points_per_side: int = arg(32, "Point grid per side; points_per_side**2 prompts per image (and crop).")
-    points_per_batch: int = arg(64, "Prompts run through the mask decoder at once.")
-    pred_iou_thresh: float = arg(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).")
-    stability_score_thresh: float = arg(0.95, "Keep masks whose stability score is at least this.")
-    stability_score_offset: float = arg(1.0, "Logit offset used to compute the stability score.")
-    mask_threshold: float = arg(0.0, "Logit threshold that binarises masks.")
-    box_nms_thresh: float = arg(0.7, "Box IoU above which the lower-scoring of two masks is dropped.")
-    crop_n_layers: int = arg(0, "Extra crop layers (layer i runs on 2**i x 2**i crops); 0 = whole image only.")
-    crop_nms_thresh: float = arg(0.7, "Box IoU for NMS between masks of different crops.")
-    crop_overlap_ratio: float = arg(512 / 1500, "Overlap of neighbouring crops, fraction of the short side.")
-    crop_n_points_downscale_factor: int = arg(1, "Points per side divided by this on each crop layer.")
-    max_area_fraction: float = arg(0.3, "ALPS gate: drop masks covering more than this fraction of the image.")
-    min_area: int = arg(0, "Drop masks smaller than this many pixels of the original image.")
+    seed: int = arg(0, "Seed of K-means (the only random part of labeling).", group=_CLUSTERING)
+    points_per_side: int = arg(32, "Point grid per side: N x N point prompts per image (and per crop).", group=_MASKS)
+    points_per_batch: int = arg(64, "Prompts run through the mask decoder at once.", group=_SCALE)
+    pred_iou_thresh: float = arg(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).", group=_MASKS)
+    stability_score_thresh: float = arg(0.95, "Keep masks whose stability score is at least this.", group=_MASKS)
+    stability_score_offset: float = arg(1.0, "Logit offset used to compute the stability score.", group=_MASKS)
+    mask_threshold: float = arg(0.0, "Logit threshold that binarises masks.", group=_MASKS)
+    box_nms_thresh: float = arg(0.7, "Box IoU above which the lower-scoring of two masks is dropped.", group=_MASKS)
+    crop_n_layers: int = arg(0, "Extra crop layers (layer i runs on 2**i x 2**i crops); 0 = whole image only.", group=_MASKS)
+    crop_nms_thresh: float = arg(0.7, "Box IoU for NMS between masks of different crops.", group=_MASKS)
+    crop_overlap_ratio: float = arg(512 / 1500, "Overlap of neighbouring crops as a fraction of the short side (segment-anything's 512 / 1500).", group=_MASKS)
+    crop_n_points_downscale_factor: int = arg(1, "Points per side divided by this on each crop layer.", group=_MASKS)
+    max_area_fraction: float = arg(0.3, "ALPS gate: drop masks covering more than this fraction of the image.", group=_MASKS)
+    min_area: int = arg(0, "Drop masks smaller than this many pixels of the original image.", group=_MASKS)
     max_mask_side: int = arg(
         4096,
         "Masks are made at most this many pixels on their long side; larger images are labeled at that size and "
-        "the maps scaled up (nearest) to the original size. SAM sees 1024 px anyway.",
+        "the maps scaled up (nearest) to the original size. SAM itself resizes every image to its processor's "
+        "input size (1024 px for facebook/sam-vit-*); this bounds the size of the masks and maps only.", group=_MASKS,
     )
     tile_size: int | None = arg(
         None,
@@ -80,32 +93,33 @@ class LabelConfig:
         "(source `<scene>#window=x0,y0,x1,y1`, coordinates in `meta`); masks cut by a window edge are resolved "
         "by the centre-ownership seam rule (README). GeoTIFF / TIFF / VRT / JP2 scenes are always read by "
         f"window (at {DEFAULT_TILE_SIZE} px when this is not given) with the geo extra installed. "
-        f"{MIN_TILE_SIZE}..--max-mask-side.",
+        f"{MIN_TILE_SIZE}..--max-mask-side.", group=_INPUTS,
     )
-    tile_overlap: int = arg(128, "Overlap of neighbouring windows in pixels (0 <= overlap < tile size).")
+    tile_overlap: int = arg(128, "Overlap of neighbouring windows in pixels (0 <= overlap < tile size).", group=_INPUTS)
     bands: list[int] | None = arg(
         None,
         "GeoTIFF bands to read, 1-based: one (grey) or three in R G B order, e.g. --bands 4 3 2. Default: the "
-        "bands described as red, green, blue, else 1 2 3.",
+        "bands described as red, green, blue, else 1 2 3.", group=_INPUTS,
     )
     stitch: bool = arg(
         False,
         "Also write one full-size label raster per windowed scene to <output>/stitched/ (GeoTIFF with the "
-        "scene's CRS and transform for rasterio-read scenes, PNG otherwise) and an index.json.",
+        "scene's CRS and transform for rasterio-read scenes, PNG otherwise) and an index.json.", group=_OUTPUT,
     )
-    image_batch_size: int = arg(4, "Images encoded together by the SAM image encoder.")
-    shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).")
-    max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).")
-    num_workers: int = arg(2, "Threads that decode images ahead of SAM.")
-    device: str | None = arg(None, "Torch device (default: the Accelerate device, cuda when available).")
-    dtype: str = arg("auto", "Model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
-    resume: bool = arg(False, "Continue an interrupted run in --output (finished shards are kept).")
-    overwrite: bool = arg(False, "Delete an existing --output folder first.")
-    license: str | None = arg(None, "License of the source imagery, written into the dataset card.")
-    pretty_name: str | None = arg(None, "Human-readable dataset name for the card.")
-    preview_images: int = arg(4, "Images shown in preview.png.")
-    push_to_hub: str | None = arg(None, "After labeling, publish the folder to this Hub dataset repo id.")
-    private: bool = arg(False, "With --push-to-hub: create the repo private.")
+    image_batch_size: int = arg(4, "Images encoded together by the SAM image encoder.", group=_SCALE)
+    shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).", group=_SCALE)
+    max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).", group=_OUTPUT)
+    num_workers: int = arg(2, "Threads that decode images ahead of SAM.", group=_SCALE)
+    device: str | None = arg(None, "Torch device (default: the Accelerate device, cuda when available).", group=_SAM)
+    dtype: str = arg("auto", "Model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", group=_SAM)
+    resume: bool = arg(False, "Continue an interrupted run in --output (finished shards are kept).", group=_OUTPUT)
+    overwrite: bool = arg(False, "Delete an existing --output folder first.", group=_OUTPUT)
+    license: str | None = arg(None, "License of the source imagery, written into the dataset card.", group=_OUTPUT)
+    pretty_name: str | None = arg(None, "Human-readable dataset name for the card.", group=_OUTPUT)
+    preview_images: int = arg(4, "Images shown in preview.png.", group=_OUTPUT)
+    push_to_hub: str | None = arg(None, "After labeling, publish the folder to this Hub dataset repo id.", group=_OUTPUT)
+    private: bool = arg(False, "With --push-to-hub: create the repo private.", group=_OUTPUT)
+    verbose: bool = arg(False, "Also print the seconds of each stage (always recorded in alps_dataset.json).", group=_OUTPUT)
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -161,11 +175,12 @@ class LabelConfig:
 class ReclusterConfig:
     """`alps-hf recluster FOLDER --num-clusters K`: new pseudo-classes from the stored mask features."""
 
-    folder: str = arg(None, "A folder written by `alps-hf label` (its work/ folder holds the features). Positional.")
-    num_clusters: int = arg(None, "The new K (2..255).")
-    seed: int | None = arg(None, "K-means seed (default: the one of the original run).")
-    feature_normalization: str | None = arg(None, "Override the feature normalisation ('l2' or 'none').")
-    kmeans_passes: int | None = arg(None, "Override the number of online K-means passes.")
+    folder: str = arg(None, "A folder written by `alps-hf label` (its work/ folder holds the features).", group=_INPUTS)
+    num_clusters: int = arg(None, "The new K (2..255).", group=_CLUSTERING)
+    seed: int | None = arg(None, "K-means seed (default: the one of the original run).", group=_CLUSTERING)
+    feature_normalization: str | None = arg(None, "Override the feature normalisation ('l2' or 'none').", group=_CLUSTERING)
+    kmeans_passes: int | None = arg(None, "Override the number of online K-means passes.", group=_CLUSTERING)
+    verbose: bool = arg(False, "Also print the seconds of each stage.", group=_OUTPUT)
 
     def __post_init__(self) -> None:
         if not self.folder:
