@@ -50,7 +50,14 @@ _RGB_NAMES = {"red": ("red", "r"), "green": ("green", "g"), "blue": ("blue", "b"
 
 
 def rasterio_module():
-    """Import rasterio, or raise `InputError` saying how to install it."""
+    """Import rasterio.
+
+    Returns:
+        The `rasterio` module.
+
+    Raises:
+        InputError: rasterio is not installed (the message says how to install the geo extra).
+    """
     try:
         import rasterio
     except ImportError:
@@ -89,7 +96,18 @@ def _open(path: str):
 
 
 def scene_header(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of a raster from its header."""
+    """(width, height) of a raster from its header.
+
+    Args:
+        path: the raster file.
+
+    Returns:
+        (width, height) in pixels.
+
+    Raises:
+        ImageError: the file cannot be opened as a raster.
+        InputError: rasterio is not installed.
+    """
     with _open(str(path)) as src:
         return src.width, src.height
 
@@ -226,6 +244,13 @@ def _scene_scaling(src, bands: tuple[int, ...]) -> tuple[tuple[float, float], ..
 def open_scene(path: str | os.PathLike, bands: list[int] | None = None) -> GeoScene:
     """Open a raster scene, choose its bands and fix its scaling; warns when it has no CRS.
 
+    Args:
+        path: the scene file.
+        bands: the `--bands` indices (1-based), or None for the default choice (module docstring).
+
+    Returns:
+        The `GeoScene` every window loader of the scene shares.
+
     Raises:
         ImageError: the file cannot be opened, or has an unsupported data type (complex).
         ConfigError: `bands` names a band that does not exist (the message lists the bands).
@@ -264,7 +289,16 @@ def open_scene(path: str | os.PathLike, bands: list[int] | None = None) -> GeoSc
 
 
 def window_transform(scene: GeoScene, window: Window) -> list[float] | None:
-    """Affine (a, b, c, d, e, f) of the window (rasterio's `windows.transform`), None without georeference."""
+    """The affine transform of one window of a scene.
+
+    Args:
+        scene: the opened scene.
+        window: a window of it.
+
+    Returns:
+        (a, b, c, d, e, f) of the window, by rasterio's `windows.transform`; None when the scene
+        is not georeferenced.
+    """
     if scene.transform is None:
         return None
     rasterio_module()
@@ -277,7 +311,15 @@ def window_transform(scene: GeoScene, window: Window) -> list[float] | None:
 
 
 def window_meta(scene: GeoScene, window: Window) -> dict[str, Any]:
-    """The meta dict of a window row (see `alps_hf.images.LoadedImage`)."""
+    """The meta dict of a window row.
+
+    Args:
+        scene: the opened scene.
+        window: a window of it.
+
+    Returns:
+        {"scene", "window", "scene_size", "crs", "transform"}, see `alps_hf.images.LoadedImage`.
+    """
     return {
         "scene": scene.path,
         "window": window.bounds,
@@ -289,6 +331,13 @@ def window_meta(scene: GeoScene, window: Window) -> dict[str, Any]:
 
 def read_window(scene: GeoScene, window: Window) -> LoadedImage:
     """Read one window of a scene: RGB uint8 pixels, validity, meta.
+
+    Args:
+        scene: the opened scene (bands and scaling fixed for all its windows).
+        window: the window to read.
+
+    Returns:
+        The window as a `LoadedImage` (`valid` None when every pixel has data).
 
     Raises:
         ImageError: the window cannot be read (corrupt blocks, file gone), with GDAL's reason.
@@ -323,8 +372,13 @@ def read_window(scene: GeoScene, window: Window) -> LoadedImage:
 
 
 def window_loader(scene: GeoScene, window: Window) -> Callable[[], LoadedImage]:
-    """A zero-argument loader for one window.
+    """A zero-argument loader for one window: `read_window(scene, window)` when called.
 
-    Picklable (a partial of `read_window`), so it can cross to DataLoader workers under any start method.
+    Args:
+        scene: the opened scene.
+        window: the window the loader reads.
+
+    Returns:
+        The loader. Picklable (a partial of `read_window`), so it can cross to DataLoader workers under any start method.
     """
     return functools.partial(read_window, scene, window)

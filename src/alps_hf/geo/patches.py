@@ -52,6 +52,11 @@ def sliding_windows(height: int, width: int, patch: int = 896, overlap: int = 38
 def pad_to_patch(image: np.ndarray, patch: int, value: int = 0) -> np.ndarray:
     """Pad an (H, W[, C]) array at the bottom / right so that both sides are at least `patch`.
 
+    Args:
+        image: (H, W) or (H, W, C) array.
+        patch: the patch side in pixels.
+        value: fill value of the padding.
+
     Returns:
         `image` itself when it is large enough, else a padded copy filled with `value`.
     """
@@ -66,6 +71,12 @@ def cut_patches(
     image: np.ndarray, patch: int = 896, overlap: int = 384, pad_value: int = 0
 ) -> Iterator[tuple[Window, np.ndarray]]:
     """Cut `image` (H, W[, C]) into patches, padded first when smaller than a patch.
+
+    Args:
+        image: (H, W) or (H, W, C) array.
+        patch: the patch side in pixels (iSAID: 896).
+        overlap: overlap of neighbouring patches in pixels (iSAID: 384).
+        pad_value: fill value of the padding.
 
     Yields:
         (window, patch array) in `sliding_windows` order; patches are views, copy to keep them.

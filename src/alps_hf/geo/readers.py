@@ -28,12 +28,25 @@ RASTERIO_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
 def uses_rasterio(path: str | os.PathLike) -> bool:
-    """True when `path` is a format read with windowed reads through rasterio (TIFF, VRT, JP2, IMG)."""
+    """Whether `path` is read through rasterio.
+
+    Args:
+        path: a file name; only its suffix counts.
+
+    Returns:
+        True for the formats read by window through rasterio (TIFF, VRT, JP2, IMG: `RASTERIO_SUFFIXES`).
+    """
     return Path(path).suffix.lower() in RASTERIO_SUFFIXES
 
 
 def raster_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of an image file from its header only (no pixel decoding).
+
+    Args:
+        path: the file.
+
+    Returns:
+        (width, height) in pixels.
 
     Raises:
         ImageError: the file cannot be opened.
@@ -50,6 +63,13 @@ def wants_windows(path: str | os.PathLike, tile_size: int) -> bool:
     True for rasterio formats (so geo meta, band choice, scaling and no-data apply even to small
     GeoTIFFs) and for any image whose width or height exceeds `tile_size`. False for a file whose
     header cannot be read, so that the ordinary loader reports it as a failure.
+
+    Args:
+        path: the file.
+        tile_size: `--tile-size`.
+
+    Returns:
+        Whether to cut the file into windows.
     """
     if uses_rasterio(path):
         return True
@@ -78,6 +98,12 @@ class SceneCache:
 
     def get(self, path: str) -> np.ndarray:
         """The (H, W, 3) uint8 pixels of the scene at `path`, decoded on first use.
+
+        Args:
+            path: the scene file.
+
+        Returns:
+            The decoded scene (shared: do not modify it; crop and copy).
 
         Raises:
             ImageError: the file cannot be read or decoded.

@@ -39,12 +39,24 @@ NO_LABEL = IGNORE_INDEX
 
 
 def label_raster_suffix(scene_path: str | os.PathLike) -> str:
-    """".tif" for scenes read through rasterio (keeps CRS / transform, written by window), else ".png"."""
+    """The suffix of a scene's stitched label raster.
+
+    Args:
+        scene_path: the scene file.
+
+    Returns:
+        ".tif" for scenes read through rasterio (keeps CRS / transform, written by window), else ".png".
+    """
     return ".tif" if uses_rasterio(scene_path) else ".png"
 
 
 def scene_transform_from_window(window_transform: list[float] | None, x0: int, y0: int) -> tuple | None:
     """The scene's affine transform (a, b, c, d, e, f) from a window's transform and the window's origin.
+
+    Args:
+        window_transform: the window's (a, b, c, d, e, f) from its row meta, or None.
+        x0: the window's first column in the scene.
+        y0: the window's first row in the scene.
 
     Returns:
         The transform of the window moved back by its own offset (rasterio's `windows.transform`
@@ -190,7 +202,17 @@ class Stitcher:
 
     @classmethod
     def from_meta(cls, path: str | os.PathLike, meta: dict, tile_size: int, overlap: int) -> Stitcher:
-        """A Stitcher for the scene of a window row's meta (`scene_size`, `window`, `crs`, `transform`)."""
+        """A Stitcher for the scene of a window row.
+
+        Args:
+            path: the output raster.
+            meta: the row's meta (`scene_size`, `window`, `crs`, `transform`).
+            tile_size: the window side of the run.
+            overlap: the window overlap of the run.
+
+        Returns:
+            The open Stitcher, with the scene's size, CRS and transform.
+        """
         x0, y0 = meta["window"][:2]
         return cls(
             path,
@@ -203,6 +225,10 @@ class Stitcher:
 
     def add(self, window: Window | list[int] | tuple[int, ...], label: np.ndarray) -> None:
         """Merge one window's (h, w) uint8 label map (255 = no label) into the output.
+
+        Args:
+            window: a `Window` of this scene's tiling, or its bounds [x0, y0, x1, y1].
+            label: the window's (h, w) uint8 label map, painted from the masks `resolve_seams` kept.
 
         Raises:
             ValueError: a window that is not one of this scene's tiling, a label of another size,
@@ -325,7 +351,17 @@ def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) 
 
 
 def stitch_dataset(dataset, out_dir: str | os.PathLike, tile_size: int, overlap: int) -> dict[str, Path]:
-    """`stitch_rows` over a labeled `datasets.Dataset` (columns `meta` as JSON and `label`)."""
+    """`stitch_rows` over a labeled `datasets.Dataset`.
+
+    Args:
+        dataset: rows with `meta` (JSON) and `label` columns, as `alps-hf label` writes them.
+        out_dir: folder for the rasters and `index.json`.
+        tile_size: the window side the rows were made with.
+        overlap: the window overlap the rows were made with.
+
+    Returns:
+        {scene path: raster path}, as `stitch_rows`.
+    """
     def rows():
         for row in dataset.select_columns(["meta", "label"]):
             yield row["meta"], row["label"]
@@ -339,6 +375,15 @@ def stitch_parquet(files: list[str | os.PathLike], out_dir: str | os.PathLike, t
 
     Only the `meta` and `label` columns are read, so memory holds one record batch of label PNGs and
     the windows of the scenes being assembled, never the dataset.
+
+    Args:
+        files: the parquet shards, in order.
+        out_dir: folder for the rasters and `index.json`.
+        tile_size: the window side the rows were made with.
+        overlap: the window overlap the rows were made with.
+
+    Returns:
+        {scene path: raster path}, as `stitch_rows`.
     """
     import io
     import json

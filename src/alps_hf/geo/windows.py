@@ -157,6 +157,15 @@ def plan_windows(width: int, height: int, tile_size: int, overlap: int) -> list[
 def num_windows(width: int, height: int, tile_size: int, overlap: int) -> int:
     """Number of windows `plan_windows` gives, without building them.
 
+    Args:
+        width: scene width in pixels.
+        height: scene height in pixels.
+        tile_size: window side in pixels.
+        overlap: overlap of neighbouring windows in pixels.
+
+    Returns:
+        len(plan_windows(width, height, tile_size, overlap)).
+
     Raises:
         ConfigError: a bad tiling, as `validate_tiling`.
     """
@@ -200,5 +209,13 @@ def window_from_meta(meta: dict, tile_size: int, overlap: int) -> Window:
 
 
 def window_source(path: str, window: Window) -> str:
-    """The `source` string of a window row: `<scene path>#window=x0,y0,x1,y1`."""
+    """The `source` string of a window row.
+
+    Args:
+        path: the scene as named in the run.
+        window: the window.
+
+    Returns:
+        `<scene path>#window=x0,y0,x1,y1`.
+    """
     return f"{path}#window={window.x0},{window.y0},{window.x1},{window.y1}"

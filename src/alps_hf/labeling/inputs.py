@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from alps_hf.errors import ImageError, InputError
 from alps_hf.geo import geotiff, readers
+from alps_hf.hub.cards import is_hub_id
 from alps_hf.images import LoadedImage, decode_image_bytes
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -223,12 +221,25 @@ def _pick_split(obj, name: str, split: str):
 
 def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = "image",
                    exclude: str | os.PathLike | None = None, tiling: Tiling | None = None) -> InputSet:
-    """Turn the command's inputs into a sorted list of items; raise InputError when there is nothing to read.
+    """Turn the command's inputs into a sorted list of lazily loaded items (nothing is decoded).
 
-    `exclude`: a folder never read as input (the output folder: it may lie inside an input folder).
-    `tiling`: cut image files into windows (GeoTIFF-family always, others when larger than the tile);
-    the windows of a file follow each other row-major, in the file's place in the sorted order.
-    Dataset inputs are never cut.
+    Args:
+        inputs: one folder, saved dataset, Hub-layout dataset folder or Hub dataset id; or image
+            files and folders (listed together, sorted by path).
+        split: the split of a dataset input (`--split`).
+        image_column: the image column of a dataset input (`--image-column`).
+        exclude: a folder never read as input (the output folder: it may lie inside an input folder).
+        tiling: cut image files into windows (GeoTIFF-family always, others when larger than the
+            tile); the windows of a file follow each other row-major, in the file's place in the
+            sorted order. Dataset inputs are never cut. None: nothing is cut.
+
+    Returns:
+        The `InputSet`.
+
+    Raises:
+        InputError: a path that does not exist, nothing to read, a dataset without that split or
+            column, a Hub id that cannot be loaded, or rasterio missing for tiled TIFFs.
+        ConfigError: a tiling or `--bands` a scene cannot take.
     """
     if len(inputs) == 1:
         target = inputs[0]
@@ -252,7 +263,8 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
                 raise InputError(f"input folder {target} holds no files; point to a folder with images")
             items, scenes = _expand([(f, f.relative_to(path).as_posix()) for f in files], tiling)
             return InputSet(items, f"folder {path.name or target} ({len(files)} files)", scenes)
-        if not path.exists() and _HUB_ID.match(target) and not target.startswith("."):
+        # A dataset id has a namespace; huggingface_hub's rule (alps_hf.hub) decides the rest.
+        if not path.exists() and "/" in target and is_hub_id(target):
             from datasets import load_dataset
 
             try:
