@@ -296,6 +296,55 @@ def test_stitcher_rejects_foreign_windows(tmp_path):
         Stitcher(tmp_path / "x.jpg", (500, 300), 256, 32)
 
 
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_stitcher_with_block_closes_or_aborts_once(tmp_path, suffix):
+    """`with` writes the file on success and leaves nothing on an exception; close / abort after either do
+    nothing (a finished raster is never removed), and a closed stitcher refuses more windows."""
+    if suffix == ".tif":
+        pytest.importorskip("rasterio")
+    out = tmp_path / f"s{suffix}"
+    with Stitcher(out, (300, 200), 256, 32) as stitcher:
+        for w in plan_windows(300, 200, 256, 32):
+            stitcher.add(w, np.full((w.height, w.width), 4, np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    stitcher.abort()
+    assert stitcher.close() == out and out.exists()
+    with Image.open(out) as image:
+        assert (np.asarray(image) == 4).all()
+    with pytest.raises(ValueError, match="closed"):
+        stitcher.add([0, 0, 256, 200], np.zeros((200, 256), np.uint8))
+    failed = tmp_path / f"failed{suffix}"
+    with pytest.raises(RuntimeError), Stitcher(failed, (300, 200), 256, 32) as stitcher:
+        raise RuntimeError("labeling failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_png_scene_cache_belongs_to_the_run(tmp_path, monkeypatch):
+    """The windows of a PNG scene decode it once through the cache their caller owns; another caller's
+    cache (another run) decodes again: no process-wide scene cache."""
+    from alps_hf.geo import readers
+
+    decoded = []
+    real = readers.decode_image_bytes
+    monkeypatch.setattr(readers, "decode_image_bytes", lambda data, name: decoded.append(name) or real(data, name))
+    scenes = {}
+    for name in ("a.png", "b.png"):
+        scenes[name] = np.random.default_rng(len(name) + ord(name[0])).integers(0, 256, (200, 300, 3), np.uint8)
+        Image.fromarray(scenes[name]).save(tmp_path / name)
+    cache = readers.SceneCache()
+    for name in ("a.png", "b.png"):
+        for _, load in scene_windows(tmp_path / name, 128, 16, cache=cache):
+            loaded = load()
+            x0, y0, x1, y1 = loaded.meta["window"]
+            np.testing.assert_array_equal(loaded.rgb, scenes[name][y0:y1, x0:x1])
+    assert [p.rsplit("/", 1)[-1] for p in decoded] == ["a.png", "b.png"]
+    (_, load), *_ = scene_windows(tmp_path / "a.png", 128, 16, cache=readers.SceneCache())
+    load()
+    assert len(decoded) == 3
+    assert pickle.loads(pickle.dumps(cache)).max_scenes == 1  # arrives empty in a worker process
+
+
 def test_stitch_rows_per_scene_in_any_order(tmp_path):
     """Two scenes sharing a file stem, rows shuffled, one ordinary row, one window never labeled."""
     rng = np.random.default_rng(5)

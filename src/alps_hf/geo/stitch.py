@@ -351,16 +351,9 @@ def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) 
 
 
 def stitch_dataset(dataset, out_dir: str | os.PathLike, tile_size: int, overlap: int) -> dict[str, Path]:
-    """`stitch_rows` over a labeled `datasets.Dataset`.
+    """`stitch_rows` over a labeled `datasets.Dataset` with `meta` (JSON) and `label` columns.
 
-    Args:
-        dataset: rows with `meta` (JSON) and `label` columns, as `alps-hf label` writes them.
-        out_dir: folder for the rasters and `index.json`.
-        tile_size: the window side the rows were made with.
-        overlap: the window overlap the rows were made with.
-
-    Returns:
-        {scene path: raster path}, as `stitch_rows`.
+    `out_dir`, `tile_size`, `overlap` and the return value are those of `stitch_rows`.
     """
     def rows():
         for row in dataset.select_columns(["meta", "label"]):
@@ -374,16 +367,8 @@ def stitch_parquet(files: list[str | os.PathLike], out_dir: str | os.PathLike, t
     """`stitch_rows` over the parquet shards `alps-hf label` wrote (`--stitch`), read a batch at a time.
 
     Only the `meta` and `label` columns are read, so memory holds one record batch of label PNGs and
-    the windows of the scenes being assembled, never the dataset.
-
-    Args:
-        files: the parquet shards, in order.
-        out_dir: folder for the rasters and `index.json`.
-        tile_size: the window side the rows were made with.
-        overlap: the window overlap the rows were made with.
-
-    Returns:
-        {scene path: raster path}, as `stitch_rows`.
+    the windows of the scenes being assembled, never the dataset. `files` are the shards in order;
+    `out_dir`, `tile_size`, `overlap` and the return value are those of `stitch_rows`.
     """
     import io
     import json

@@ -155,16 +155,10 @@ def plan_windows(width: int, height: int, tile_size: int, overlap: int) -> list[
 
 
 def num_windows(width: int, height: int, tile_size: int, overlap: int) -> int:
-    """Number of windows `plan_windows` gives, without building them.
-
-    Args:
-        width: scene width in pixels.
-        height: scene height in pixels.
-        tile_size: window side in pixels.
-        overlap: overlap of neighbouring windows in pixels.
+    """Number of windows `plan_windows(width, height, tile_size, overlap)` gives, without building them.
 
     Returns:
-        len(plan_windows(width, height, tile_size, overlap)).
+        The count, from the same step and flush-last-window rule.
 
     Raises:
         ConfigError: a bad tiling, as `validate_tiling`.
