@@ -360,3 +360,62 @@ def test_label_help_is_grouped(capsys):
         assert flag in masks
     assert "SAM sees 1024 px anyway" not in text and "1024 px for facebook/sam-vit-*" in " ".join(text.split())
     assert "Positional." not in text
+
+
+# ---- points 8 and 11: label's summary, a resume that skips SAM, and "no masks found" --------------
+
+
+@pytest.fixture(scope="module")
+def three_dir(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("three")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    return folder
+
+
+LOOSE = ["--num-clusters", "2", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+         "--max-area-fraction", "1.0", "--num-workers", "0", "--preview-images", "1"]
+
+
+def test_stage_seconds_only_with_verbose_and_a_finished_resume_loads_no_sam(three_dir, tiny_sam_dir, tmp_path,
+                                                                            capfd, monkeypatch):
+    import json
+
+    out = tmp_path / "out"
+    argv = ["label", str(three_dir), "--output", str(out), "--sam", str(tiny_sam_dir), *LOOSE]
+    assert main(argv) == 0
+    stdout, _ = capfd.readouterr()
+    assert f"alps-hf: wrote {out}" in stdout and "seconds:" not in stdout
+    seconds = json.loads((out / "alps_dataset.json").read_text())["seconds"]
+    assert {"load_model", "pass1", "kmeans", "pass2", "finish", "pass1.encoder"} <= set(seconds)
+    assert all(isinstance(v, float) and v >= 0 for v in seconds.values())
+
+    # every shard is done: the resume must not load SAM (no "Loading weights" bar), and --verbose prints seconds
+    from alps_hf.sam.generator import MaskGenerator
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SAM loaded on a resume with every shard done")
+
+    monkeypatch.setattr(MaskGenerator, "from_pretrained", refuse)
+    assert main([*argv, "--resume", "--verbose"]) == 0
+    stdout, stderr = capfd.readouterr()
+    (line,) = [x for x in stdout.splitlines() if x.startswith("  seconds: ")]
+    assert "kmeans" in line and "pass1.encoder" not in line  # no SAM stage ran
+    assert "Loading weights" not in stderr
+    assert json.loads((out / "alps_dataset.json").read_text())["seconds"].keys() == {
+        "load_model", "pass1", "kmeans", "pass2", "finish"}
+
+
+def test_no_masks_found_says_which_thresholds_to_loosen(three_dir, tiny_sam_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    strict = [*LOOSE, "--pred-iou-thresh", "1.0"]  # no predicted IoU exceeds 1: the filters keep nothing
+    code, _, err = run(capsys, ["label", str(three_dir), "--output", str(out), "--sam", str(tiny_sam_dir), *strict])
+    assert code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "error" in x]  # the rest are progress bars
+    assert "the mask filters kept 0 mask(s) in 3 image(s), too few for any --num-clusters" in line
+    assert "--pred-iou-thresh (now 1.0)" in line and "--stability-score-thresh (now 0.0)" in line
+    assert "--overwrite" in line and "smaller --num-clusters" not in line and "--resume" not in line

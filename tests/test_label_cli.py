@@ -253,10 +253,15 @@ def test_unknown_model(tmp_path, blocks_dir, no_sam, capsys):
     not_a_model.mkdir()
     (not_a_model / "weights.bin").write_bytes(b"\0" * 10)
     err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam", str(not_a_model)])
-    assert f"unknown SAM model {str(not_a_model)!r}" in err and "--sam" in err
+    assert f"--sam {str(not_a_model)!r} is a folder but not a save_pretrained folder (it has no config.json)" in err
+    # offline (conftest): a Hub id is "cannot be reached / not in the cache", never "unknown" (issue 12 point 9)
     err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam",
                              "nobody-here/no-such-sam-model"])
-    assert "unknown SAM model 'nobody-here/no-such-sam-model'" in err
+    assert "--sam 'nobody-here/no-such-sam-model' cannot be reached (HF_HUB_OFFLINE is set)" in err
+    assert "not in the local cache" in err and "unknown" not in err
+    err = run_error(capsys, ["label", str(blocks_dir), "--output", str(tmp_path / "o"), "--sam",
+                             str(tmp_path / "no" / "such-folder")])
+    assert f"--sam {str(tmp_path / 'no' / 'such-folder')!r}: folder not found" in err
 
 
 def test_sam_folder_without_image_processor(tmp_path, blocks_dir, tiny_sam_dir, no_sam, capsys):

@@ -73,17 +73,16 @@ def load_sam_config(name: str, revision: str | None):
     # without config.json, so such a folder would pass here and fail later, after work has started.
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
         raise ConfigError(
-            f"unknown SAM model {name!r}: the folder has no config.json, so it is not a save_pretrained folder. "
-            "Pass --sam facebook/sam-vit-base (or -large/-huge) or a folder written by SamModel.save_pretrained"
+            f"--sam {name!r} is a folder but not a save_pretrained folder (it has no config.json); pass a folder "
+            "written by SamModel.save_pretrained, or a Hub id such as facebook/sam-vit-base (or -large / -huge)"
         )
     try:
         config = SamConfig.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"unknown SAM model {name!r}: not a local save_pretrained folder and not loadable from the Hub "
-            f"({str(err).splitlines()[0]}). Check the id (facebook/sam-vit-base, -large, -huge), that the Hub is "
-            "reachable (HF_HUB_OFFLINE unset) or the model is in the local cache, or pass a save_pretrained folder"
-        ) from None
+        from alps_hf.hub.references import unloadable_reason
+
+        # Offline and not cached, a folder that does not exist, not on the Hub: each has its own fix.
+        raise ConfigError(unloadable_reason("--sam", name, err)) from None
     if getattr(config, "model_type", None) != "sam":
         raise ConfigError(f"--sam {name!r} is a {config.model_type!r} model, not SAM")
     from alps_hf.sam.generator import load_sam_image_processor
@@ -284,10 +283,19 @@ def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig) -> ClusterMod
     """K-means over the work shards' features with the K-means settings of cfg (label and recluster)."""
     k = cfg.num_clusters
     total = sum(work.shard_summary(s)["masks"] for s in range(num_shards))
-    if total < k:
-        fix = f"use --num-clusters {total} or fewer" if total >= 2 else "loosen the mask filters"
+    if total < 2:
+        images = sum(work.shard_summary(s)["images"] for s in range(num_shards))
         raise ConfigError(
-            f"--num-clusters {k} is larger than the number of masks found ({total}); {fix} (the SAM pass is "
+            f"the mask filters kept {total} mask(s) in {images} image(s), too few for any --num-clusters: loosen "
+            f"--pred-iou-thresh (now {cfg.pred_iou_thresh}) and --stability-score-thresh (now "
+            f"{cfg.stability_score_thresh}), e.g. 0.5 and 0.8 for a small SAM, or --max-area-fraction (now "
+            f"{cfg.max_area_fraction}) / --min-area (now {cfg.min_area}); these are SAM-pass settings, so run "
+            "`alps-hf label` again with --overwrite"
+        )
+    if total < k:
+        raise ConfigError(
+            f"--num-clusters {k} is larger than the number of masks found ({total}); use --num-clusters {total} "
+            "or fewer (the SAM pass is "
             "saved: the same command with --resume and a smaller --num-clusters reuses it), or label more images"
         )
     metadata = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": cfg.sam,
@@ -404,11 +412,14 @@ def run_label(cfg: LabelConfig) -> int:
 
     t_start = time.perf_counter()
     device = torch.device(cfg.device) if cfg.device else state.device
-    generator = MaskGenerator.from_pretrained(cfg.sam, generator_config(cfg), revision=cfg.sam_revision,
-                                              device=device, dtype=resolve_dtype(cfg.dtype, device))
-    runner = Pass1Runner(generator, cfg)
-    t_loaded = time.perf_counter()
     mine = list(split_for_process(len(ranges), state.process_index, state.num_processes))
+    # A resume with all of this process's shards done needs no SAM (loading it costs time and a progress bar).
+    generator = runner = None
+    if not all(work.is_done(shard) for shard in mine):
+        generator = MaskGenerator.from_pretrained(cfg.sam, generator_config(cfg), revision=cfg.sam_revision,
+                                                  device=device, dtype=resolve_dtype(cfg.dtype, device))
+        runner = Pass1Runner(generator, cfg)
+    t_loaded = time.perf_counter()
     total = len(inputs.items)
     with tqdm(total=sum(ranges[s][1] - ranges[s][0] for s in mine), desc="pass 1: SAM masks", unit="img",
               disable=not state.is_local_main_process, dynamic_ncols=True) as progress:
@@ -439,9 +450,10 @@ def run_label(cfg: LabelConfig) -> int:
     seconds = {"load_model": t_loaded - t_start, "pass1": t_pass1 - t_loaded, "kmeans": t_kmeans - t_pass1,
                "pass2": t_pass2 - t_kmeans, "finish": t_finish - t_pass2,
                **({"stitch": time.perf_counter() - t_finish} if cfg.stitch else {}),
-               **{f"pass1.{k}": v for k, v in generator.timings.items()},
-               **{f"pass1.{k}": v for k, v in runner.timings.items()}}
-    print_summary(output, total, stats, seconds, scenes=inputs.scenes)
+               **{f"pass1.{k}": v for k, v in (generator.timings if generator else {}).items()},
+               **{f"pass1.{k}": v for k, v in (runner.timings if runner else {}).items()}}
+    record_seconds(output, info, seconds)
+    print_summary(output, total, stats, seconds, scenes=inputs.scenes, verbose=cfg.verbose)
     if cfg.stitch:
         print(f"  stitched: {len(stitched)} scene raster(s) in {output / 'stitched'}"
               + ("" if stitched else " (no input was cut into windows: nothing to stitch)"))
@@ -463,7 +475,15 @@ def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0) -> di
                        "tile_overlap": cfg.tile_overlap, "bands": cfg.bands, "scenes": scenes}}
 
 
-def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: int = 0) -> None:
+def record_seconds(output: Path, info: dict, seconds: dict) -> None:
+    """Add the per-stage seconds of this run to the folder's alps_dataset.json (`info` is what it holds)."""
+    info = {**info, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2) + "\n")
+
+
+def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: int = 0,
+                  verbose: bool = False) -> None:
+    """Print where the dataset went and its counts; with `verbose`, also the seconds of each stage."""
     windows = f" (including the windows of {scenes} scene(s) cut by --tile-size)" if scenes else ""
     lines = [
         f"alps-hf: wrote {output}",
@@ -471,8 +491,9 @@ def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: 
         f"{stats['images_without_masks']} without any mask",
         f"  masks: {stats['masks_total']} ({stats['masks_per_image_mean']:.1f} per image), "
         f"pixel coverage {100 * stats['pixel_coverage']:.1f} %",
-        "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()),
     ]
+    if verbose:
+        lines.append("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print("\n".join(lines))
 
 
@@ -518,8 +539,9 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
     save_config(label_cfg, config_path, alps_hf_version=__version__)
     total = sum(work.shard_summary(s)["images"] for s in range(num_shards))
-    print_summary(output, total, info["stats"], {"kmeans": t1 - t0, "pass2": t2 - t1,
-                                                  "finish": time.perf_counter() - t2})
+    seconds = {"kmeans": t1 - t0, "pass2": t2 - t1, "finish": time.perf_counter() - t2}
+    record_seconds(output, info, seconds)
+    print_summary(output, total, info["stats"], seconds, verbose=cfg.verbose)
     return 0
 
 
