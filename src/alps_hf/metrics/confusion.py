@@ -162,6 +162,7 @@ def cluster_class_confusion(
         gt: (H, W) ground-truth classes 0..C-1, `ignore_index` where not annotated.
         num_clusters: K.
         num_classes: C.
+        ignore_index: the "no label" value of both maps.
 
     Returns:
         `(confusion, unlabeled)`: the K x C int64 matrix (rows = cluster, columns = class) over pixels

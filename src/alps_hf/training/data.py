@@ -175,8 +175,13 @@ def select_subset(ds, fraction: float | None = None, samples: int | None = None,
     """A seeded random subset of a split, for label-scarce runs (the same rows for the same seed).
 
     Args:
+        ds: the split (a `datasets.Dataset`).
         fraction: keep round(fraction * N) rows (at least 1), 0 < fraction <= 1.
         samples: keep this many rows (at most N).
+        seed: the seed of the permutation.
+
+    Returns:
+        The selected rows, in their original order (the split itself when all are kept).
 
     Raises:
         ConfigError: both given, or a value out of range.
@@ -326,6 +331,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.num_examples, self.seed, self.shuffle, self.epoch, self.skip = num_examples, seed, shuffle, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation the next pass yields."""
         self.epoch = int(epoch)
 
     def skip_next(self, num_examples: int) -> None:

@@ -96,8 +96,19 @@ class ModelSpec:
         return self.checkpoint or self.backbone
 
 
-def _architecture_of(source: str, flag: str) -> str:
-    """Read the config of a checkpoint (cheap, no weights) and return its architecture."""
+def architecture_of(source: str, flag: str) -> str:
+    """Read the config of a checkpoint (cheap, no weights) and return its architecture.
+
+    Args:
+        source: a checkpoint folder or Hub id.
+        flag: the flag it came from, for the message.
+
+    Returns:
+        "segformer" or "mask2former".
+
+    Raises:
+        CheckpointError: no readable config there, or another architecture.
+    """
     from transformers import AutoConfig
 
     try:
@@ -157,13 +168,13 @@ def resolve_model(
             if init is None:
                 init, model = model, None
             else:
-                expected = _architecture_of(model, "--model")
+                expected = architecture_of(model, "--model")
         else:
             raise ConfigError(f"unknown --model {model!r}; known names: {', '.join(KNOWN_MODELS)}, or a checkpoint id / folder")
     if init is not None:
         if backbone or from_scratch:
             raise ConfigError("--init gives all the weights; drop --backbone / --from-scratch, or drop --init")
-        architecture = _architecture_of(init, "--init")
+        architecture = architecture_of(init, "--init")
         if expected is not None and architecture != expected:
             raise CheckpointError(
                 f"--init {init!r} is a {architecture} checkpoint but --model {model!r} is {expected}; "

@@ -34,6 +34,8 @@ Returns:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class AlpsMeanIoU(evaluate.Metric):
+    """Mean IoU and accuracies from one confusion matrix over all pixels (see the module docstring)."""
+
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
