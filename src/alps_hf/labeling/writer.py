@@ -50,11 +50,28 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """The array stored in PNG bytes (uint8 or uint16, as written by `encode_png`).
+
+    Args:
+        data: the PNG file's bytes.
+
+    Returns:
+        The decoded array, its dtype and shape as stored.
+    """
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def group_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
-    """Consecutive pass-1 shards grouped so each group's size stays under max_bytes (at least one each)."""
+    """Consecutive pass-1 shards grouped so each group's size stays under max_bytes (at least one each).
+
+    Args:
+        sizes: byte size of each pass-1 shard, in shard order.
+        max_bytes: the largest total a group may reach (`--max-shard-bytes`); a single larger shard is
+            a group of its own.
+
+    Returns:
+        One list of shard indices per output shard, consecutive and covering every shard once.
+    """
     groups: list[list[int]] = []
     total = 0
     for i, size in enumerate(sizes):
@@ -68,11 +85,21 @@ def group_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
 
 
 def shard_file_name(split: str, index: int, count: int) -> str:
+    """The Hub-layout name of output shard `index` of `count`: `<split>-NNNNN-of-NNNNN.parquet`."""
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
 def label_rows(table, clusters: ClusterModel, stats: dict) -> dict[str, list]:
-    """Final dataset columns for the labeled rows of one pass-1 table; updates `stats` in place."""
+    """Final dataset columns for the labeled rows of one pass-1 table; updates `stats` in place.
+
+    Args:
+        table: one pass-1 shard (the work shard schema); failed rows are skipped.
+        clusters: the fitted cluster model that gives each segment its class.
+        stats: running totals from `new_stats`, increased by this table's pixels and masks.
+
+    Returns:
+        Column name -> values, in `dataset_features()` order, one value per labeled row.
+    """
     k = clusters.num_clusters
     cols = {name: [] for name in dataset_features()}
     data = {c: table.column(c).to_pylist() for c in table.column_names}
@@ -103,12 +130,23 @@ def label_rows(table, clusters: ClusterModel, stats: dict) -> dict[str, list]:
 
 
 def new_stats(k: int) -> dict:
+    """Empty running totals for `label_rows` over k classes (pixel and mask counts, masks per image)."""
     return {"class_pixel_histogram": np.zeros(k, np.int64), "class_mask_counts": np.zeros(k, np.int64),
             "labeled_pixels": 0, "pixels": 0, "masks_per_image": []}
 
 
 def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: Path) -> dict:
-    """Write one output shard from the pass-1 shards in `group`; return its stats (JSON-ready)."""
+    """Write one output shard from the pass-1 shards in `group`; return its stats (JSON-ready).
+
+    Args:
+        work: the run's work folder holding the pass-1 shards.
+        group: the pass-1 shard indices that make up this output shard (from `group_shards`).
+        clusters: the fitted cluster model.
+        path: where the parquet shard goes; written to a temporary name, then renamed.
+
+    Returns:
+        This shard's totals as JSON-ready lists and ints, plus the writer's pid, for `merge_stats`.
+    """
     from datasets import Dataset
 
     features = dataset_features()
@@ -136,6 +174,16 @@ def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: P
 
 
 def merge_stats(parts: list[dict], k: int) -> dict:
+    """The dataset's summary statistics from the per-shard totals that `write_group` returned.
+
+    Args:
+        parts: one dict per output shard (its pid is ignored).
+        k: the number of clusters.
+
+    Returns:
+        images, images without masks, mask totals / mean / median, pixel coverage, and the per-class
+        pixel histogram and mask counts (the `stats` of alps_dataset.json).
+    """
     total = new_stats(k)
     for p in parts:
         total["class_pixel_histogram"] += np.asarray(p["class_pixel_histogram"], np.int64)
@@ -157,6 +205,7 @@ def merge_stats(parts: list[dict], k: int) -> dict:
 
 
 def id2label(k: int) -> dict[str, str]:
+    """The id2label.json mapping for k pseudo-classes: {"0": "cluster_00", ...}, zero-padded to k's width."""
     width = max(2, len(str(k - 1)))
     return {str(i): f"cluster_{i:0{width}d}" for i in range(k)}
 
@@ -214,6 +263,16 @@ def write_preview(folder: Path, data_files: list[Path], k: int, count: int, heig
 
 
 def write_failures(folder: Path, work: WorkDir, num_shards: int) -> list[dict]:
+    """Write folder/failures.jsonl: one line per input that pass 1 could not label, in input order.
+
+    Args:
+        folder: the output folder.
+        work: the run's work folder.
+        num_shards: how many pass-1 shards there are.
+
+    Returns:
+        The failures written, as {"index", "source", "reason"} dicts.
+    """
     failures = []
     for shard in range(num_shards):
         t = work.read_shard(shard, ["index", "source", "error"])
