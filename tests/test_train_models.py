@@ -97,8 +97,44 @@ def test_model_flag_errors(tmp_path):
         resolve_model(None, init=str(tmp_path / "swin"))
 
 
+def _old_lr_lambda(schedule: str, warmup: int, total: int, power: float = 1.0):
+    """The hand-rolled schedule alps_hf had before transformers.get_scheduler (the reference)."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return (1.0 - progress) ** power
+
+    return factor
+
+
+def _lr_sequence(schedule: str, total: int, **flags) -> list[float]:
+    """The learning rate of each of the `total` updates of a run (peak 1.0), from build_scheduler,
+    then the one logged after the last update (the schedule's end)."""
+    from alps_hf.training.config import TrainConfig
+    from alps_hf.training.loop import build_scheduler
+
+    config = TrainConfig(dataset="d", output="o", lr_scheduler=schedule, **flags)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, config, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return [*lrs, optimizer.param_groups[0]["lr"]]
+
+
 def test_optimizer_groups_and_schedule():
-    from alps_hf.training.loop import lr_lambda, param_groups
+    from alps_hf.training.loop import param_groups
 
     model = build_model(resolve_model("segformer-b0", from_scratch=True, overrides=TINY_SEGFORMER), LABELS3)
     groups = param_groups(model, lr=1e-3, backbone_lr=1e-4, weight_decay=0.01)
@@ -107,7 +143,36 @@ def test_optimizer_groups_and_schedule():
     assert by_id[id(model.decode_head.classifier.weight)]["lr"] == 1e-3
     assert by_id[id(model.decode_head.classifier.bias)]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    poly = lr_lambda("poly", warmup=2, total=10, power=1.0)
-    assert [round(poly(s), 4) for s in (0, 1, 2, 6, 10)] == [round(1 / 3, 4), round(2 / 3, 4), 1.0, 0.5, 0.0]
-    cosine = lr_lambda("cosine", warmup=0, total=10)
-    assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
+    # A 10-step poly run with 2 warmup steps: 1/3, 2/3, then 1 down to 0 after the last update.
+    poly = _lr_sequence("poly", 10, warmup_steps=2, poly_power=1.0)
+    assert [round(poly[s], 4) for s in (0, 1, 2, 6, 10)] == [round(1 / 3, 4), round(2 / 3, 4), 1.0, 0.5, 0.0]
+    cosine = _lr_sequence("cosine", 10, warmup_steps=0)
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[10] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("schedule", "total", "flags"), [
+    ("poly", 100, {}),  # the defaults: poly, power 1, warmup 5 % of the steps
+    ("poly", 7, {}),  # so short that the default warmup rounds to 0
+    ("poly", 40, {"poly_power": 0.9, "warmup_steps": 3}),
+    ("cosine", 50, {}),
+    ("linear", 30, {"warmup_steps": 4}),
+    ("constant", 20, {"warmup_ratio": 0.2}),
+])
+def test_get_scheduler_gives_the_old_learning_rates(schedule, total, flags):
+    """transformers.get_scheduler replaced the hand-rolled lambda: the same lr at every update."""
+    from alps_hf.training.config import TrainConfig
+    from alps_hf.training.loop import warmup_steps
+
+    warmup = warmup_steps(TrainConfig(dataset="d", output="o", **flags), total)
+    old = _old_lr_lambda(schedule, warmup, total, flags.get("poly_power", 1.0))
+    assert _lr_sequence(schedule, total, **flags) == pytest.approx([old(s) for s in range(total + 1)], rel=1e-12, abs=1e-15)
+
+
+def test_warmup_must_end_before_the_run():
+    from alps_hf.training.config import TrainConfig
+    from alps_hf.training.loop import warmup_steps
+
+    with pytest.raises(ConfigError, match="--warmup-steps 5 must be below --max-steps 5"):
+        TrainConfig(dataset="d", output="o", warmup_steps=5, max_steps=5)
+    with pytest.raises(ConfigError, match=r"--warmup-steps 8 is not below the run's 6 optimizer steps.*--epochs"):
+        warmup_steps(TrainConfig(dataset="d", output="o", warmup_steps=8), 6)

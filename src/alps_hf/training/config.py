@@ -92,6 +92,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps {self.max_steps} must be >= 1")
+        if self.max_steps is not None and self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"--warmup-steps {self.warmup_steps} must be below --max-steps {self.max_steps}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"--scale-min {self.scale_min} / --scale-max {self.scale_max}: need 0 < min <= max")
         if not 0 <= self.color_jitter < 1:

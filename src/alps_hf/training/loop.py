@@ -78,28 +78,14 @@ def _push(config: TrainConfig) -> None:
 
 
 def run_pretrain(config: TrainConfig) -> int:
-    """`alps-hf pretrain`: train on pseudo-labels (the K pseudo-classes of `alps-hf label`).
-
-    Args:
-        config: the resolved flags.
-
-    Returns:
-        0 (the exit status); errors raise (see `train`).
-    """
+    """`alps-hf pretrain`: train on pseudo-labels (the K pseudo-classes of `alps-hf label`); exit status 0."""
     train(config, task="pretrain")
     _push(config)
     return 0
 
 
 def run_finetune(config: TrainConfig) -> int:
-    """`alps-hf finetune`: train on labeled data, usually from an ALPS checkpoint (`--init`).
-
-    Args:
-        config: the resolved flags.
-
-    Returns:
-        0 (the exit status); errors raise (see `train`).
-    """
+    """`alps-hf finetune`: train on labeled data, usually from an ALPS checkpoint (`--init`); exit status 0."""
     train(config, task="finetune")
     _push(config)
     return 0
@@ -350,37 +336,66 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups(model, config.learning_rate, config.backbone_learning_rate, config.weight_decay))
 
 
-def lr_lambda(schedule: str, warmup: int, total: int, power: float = 1.0):
-    """Multiplier of the peak learning rate at each optimizer step: linear warmup, then the schedule."""
+# --lr-scheduler names -> transformers' `SchedulerType` names.
+HF_SCHEDULES = {"poly": "polynomial", "cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if schedule == "linear":
-            return 1.0 - progress
-        return (1.0 - progress) ** power  # poly
 
-    return factor
+def warmup_steps(config: TrainConfig, max_steps: int) -> int:
+    """--warmup-steps, else round(--warmup-ratio x total steps); always below the total.
+
+    Args:
+        config: the resolved flags.
+        max_steps: the optimizer steps of the run.
+
+    Returns:
+        The number of warmup steps.
+
+    Raises:
+        ConfigError: --warmup-steps is not below the run's optimizer steps (no step after warmup).
+    """
+    if config.warmup_steps is None:
+        return round(config.warmup_ratio * max_steps)
+    if config.warmup_steps >= max_steps:
+        raise ConfigError(f"--warmup-steps {config.warmup_steps} is not below the run's {max_steps} optimizer steps; "
+                          "give fewer --warmup-steps or more --max-steps / --epochs")
+    return config.warmup_steps
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, max_steps: int):
-    """Linear warmup, then --lr-scheduler, counted in optimizer steps.
+    """Linear warmup, then --lr-scheduler, by `transformers.get_scheduler`, counted in optimizer steps.
+
+    transformers' schedules give their step 0 a learning rate of 0, so a run's first update would
+    change nothing. Here updates count from 1: the scheduler is built for one more warmup and one
+    more total step and advanced once before training, so update n (1-based) gets factor
+    n / (warmup + 1) during warmup, 1 at the end of it, then poly (1 - progress) ** power (`lr_end`
+    0), cosine, linear or constant down to the last update, with progress = (n - 1 - warmup) /
+    (total - warmup). That is the schedule alps_hf had before it used `get_scheduler`
+    (tests/test_train_models.py compares the two step by step).
 
     Args:
-        optimizer: the optimizer.
+        optimizer: the optimizer (each group's `lr` is its peak).
         config: the resolved flags (schedule, power, warmup steps or ratio).
         max_steps: the optimizer steps of the run.
 
     Returns:
-        A `torch.optim.lr_scheduler.LambdaLR`.
+        A `torch.optim.lr_scheduler.LambdaLR` whose current lr is the one of the first update.
+
+    Raises:
+        ConfigError: --warmup-steps is not below the run's optimizer steps.
     """
-    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_ratio * max_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.lr_scheduler, warmup, max_steps, config.poly_power))
+    import warnings
+
+    from transformers import get_scheduler
+
+    warmup = warmup_steps(config, max_steps)
+    extra = {"power": config.poly_power, "lr_end": 0.0} if config.lr_scheduler == "poly" else None
+    scheduler = get_scheduler(HF_SCHEDULES[config.lr_scheduler], optimizer, num_warmup_steps=warmup + 1,
+                              num_training_steps=max_steps + 1, scheduler_specific_kwargs=extra)
+    with warnings.catch_warnings():
+        # The advance past step 0 is on purpose, before any optimizer step.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
+    return scheduler
 
 
 def training_loss(model, batch: dict[str, Any], architecture: str) -> torch.Tensor:
