@@ -52,10 +52,12 @@ class ClusterModel:
 
     @property
     def num_clusters(self) -> int:
+        """K, the number of centroids (pseudo-classes)."""
         return int(self.centroids.shape[0])
 
     @property
     def feature_dim(self) -> int:
+        """D, the length of the feature vectors the centroids live among (256 for SAM)."""
         return int(self.centroids.shape[1])
 
     def predict(self, features: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -161,7 +163,15 @@ def fit_online_kmeans(
         chunks: called once per pass; returns an iterable of (n_i, D) feature arrays in a fixed order.
             Features are never all held in memory.
         num_clusters: K; must not exceed the number of features.
-        seed, normalization, batch_size, passes: see `LabelConfig`.
+        seed: random state of MiniBatchKMeans (`--seed`).
+        normalization: 'l2' or 'none' (`--feature-normalization`), applied before fitting and in `predict`.
+        batch_size: features per partial_fit call (`--kmeans-batch-size`); at least 3 K are used.
+        passes: how many times the features are streamed (`--kmeans-passes`).
+        metadata: JSON-ready facts stored with the model (feature source, SAM id and revision).
+
+    Returns:
+        The fitted ClusterModel.
+
     Raises:
         ConfigError: fewer features than clusters.
     """

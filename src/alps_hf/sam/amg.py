@@ -63,6 +63,9 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
 
     Args:
         logits: (N, H, W) mask logits.
+        mask_threshold: the logit at which a mask is cut (0.0 in SAM).
+        offset: how far the stricter and looser thresholds lie from it (`--stability-score-offset`).
+
     Returns:
         (N,) float; 1.0 for a mask whose looser version is empty (0 / 0 is defined as 1 there).
     """
@@ -90,6 +93,7 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """(N,) areas of XYXY boxes, (x1 - x0) * (y1 - y0) as torchvision counts them."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
@@ -137,15 +141,18 @@ def is_box_near_crop_edge(
 
 
 def uncrop_boxes(boxes: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
+    """XYXY boxes moved from the coordinates of crop_box (x0, y0, x1, y1) to those of the image."""
     x0, y0 = crop_box[0], crop_box[1]
     return boxes + torch.tensor([x0, y0, x0, y0], device=boxes.device, dtype=boxes.dtype)
 
 
 def uncrop_points(points: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
+    """(N, 2) XY points moved from the coordinates of crop_box to those of the image."""
     return points + torch.tensor([crop_box[0], crop_box[1]], device=points.device, dtype=points.dtype)
 
 
 def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int) -> torch.Tensor:
+    """(N, H, W) bool masks of a crop, padded with False to the (orig_h, orig_w) image they came from."""
     x0, y0, x1, y1 = crop_box
     if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
         return masks
