@@ -17,10 +17,11 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.windows import Window as RioWindow  # noqa: E402
 
 from alps_hf.errors import ConfigError, ImageError, InputError  # noqa: E402
-from alps_hf.geo.geotiff import SCALE_PERCENTILES, open_scene  # noqa: E402
+from alps_hf.geo.geotiff import open_scene  # noqa: E402
 from alps_hf.geo.readers import scene_windows  # noqa: E402
 from alps_hf.geo.stitch import Stitcher, label_raster_suffix  # noqa: E402
 from alps_hf.geo.windows import plan_windows  # noqa: E402
+from alps_hf.images import STRETCH_PERCENTILES as SCALE_PERCENTILES  # noqa: E402
 
 CRS = "EPSG:32640"
 TRANSFORM = rasterio.Affine(0.3, 0.0, 500_000.0, 0.0, -0.3, 2_700_000.0)

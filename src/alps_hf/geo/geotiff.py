@@ -38,12 +38,11 @@ import numpy as np
 
 from alps_hf.errors import ConfigError, ImageError, InputError
 from alps_hf.geo.windows import Window
-from alps_hf.images import STRETCH_PERCENTILES, LoadedImage, band_stretch, stretch_to_uint8
+from alps_hf.images import LoadedImage, band_stretch, stretch_to_uint8
 
 # GDAL's block cache defaults to 5 % of RAM; a decoded-block cache that large would make memory
 # grow with the scene. 64 MiB holds several 1024-px windows of blocks.
 GDAL_CACHE_BYTES = 64 * 2**20
-SCALE_PERCENTILES = STRETCH_PERCENTILES  # the one >8-bit rule, see alps_hf.images
 STATS_MAX_SIDE = 1024
 
 _RGB_NAMES = {"red": ("red", "r"), "green": ("green", "g"), "blue": ("blue", "b")}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alps_hf.core import IGNORE_INDEX
+from alps_hf.core import IGNORE_INDEX, atomic_write_text
 from alps_hf.errors import ConfigError
 from alps_hf.geo.geotiff import GDAL_CACHE_BYTES, rasterio_module
 from alps_hf.geo.readers import uses_rasterio
@@ -313,8 +313,6 @@ def stitch_rows(rows, out_dir: str | os.PathLike, tile_size: int, overlap: int) 
     import json
 
     from PIL import Image
-
-    from alps_hf.core import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
