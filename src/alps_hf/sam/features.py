@@ -50,6 +50,7 @@ def mask_features(masks: torch.Tensor, embedding: torch.Tensor, frame: Embedding
         masks: boolean masks at the original image resolution.
         embedding: SAM image embedding of the same image (as returned with the masks).
         frame: where the image sits in the SAM input frame.
+
     Returns:
         float32 features; a mask covering no pixel gets zeros.
     """

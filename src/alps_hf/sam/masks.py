@@ -45,10 +45,12 @@ class MaskSet:
         return MaskSet(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
     def to(self, device) -> MaskSet:
+        """The same masks with every field moved to device."""
         return MaskSet(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @staticmethod
     def empty(height: int, width: int, device="cpu") -> MaskSet:
+        """A MaskSet of no masks for an image of height x width (the fields' dtypes as in a full one)."""
         return MaskSet(
             masks=torch.zeros((0, height, width), dtype=torch.bool, device=device),
             boxes=torch.zeros((0, 4), dtype=torch.float32, device=device),
@@ -60,6 +62,11 @@ class MaskSet:
 
     @staticmethod
     def cat(sets: list[MaskSet]) -> MaskSet:
+        """The masks of every set, one after another, in list order (e.g. the batches of one image).
+
+        Raises:
+            ValueError: sets is empty (there is no image size to give an empty result).
+        """
         if not sets:
             raise ValueError("MaskSet.cat needs at least one MaskSet")
         return MaskSet(**{f.name: torch.cat([getattr(s, f.name) for s in sets]) for f in fields(sets[0])})

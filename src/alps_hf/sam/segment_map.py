@@ -20,10 +20,12 @@ MAX_SEGMENTS = 65535  # segment maps are uint16
 
 @dataclass
 class SegmentMap:
-    """Attributes:
-    segments: (H, W) int32 tensor, 0 = none, k = k-th visible mask in paint order.
-    mask_index: (n,) int64, for segment k (1-based) the index of its mask in the MaskSet: mask_index[k-1].
-    visible_area: (n,) int64 pixel count of each segment in the map.
+    """One image's resolved masks: which segment is visible at each pixel.
+
+    Attributes:
+        segments: (H, W) int32 tensor, 0 = none, k = k-th visible mask in paint order.
+        mask_index: (n,) int64, for segment k (1-based) the index of its mask in the MaskSet: mask_index[k-1].
+        visible_area: (n,) int64 pixel count of each segment in the map.
     """
 
     segments: torch.Tensor
@@ -47,6 +49,10 @@ def paint_segments(masks: MaskSet, valid: torch.Tensor | None = None, chunk: int
     Args:
         masks: the image's masks.
         valid: optional (H, W) bool; pixels where it is False get no segment (no-data).
+        chunk: masks painted per step; bounds the (chunk, H, W) temporary, never the result.
+
+    Returns:
+        The SegmentMap; masks hidden everywhere by smaller ones on top get no segment id.
     """
     h, w = masks.image_size
     device = masks.masks.device
