@@ -59,6 +59,9 @@ def test_same_number_of_other_classes_resets_the_head(tmp_path):
     assert torch.all(same.decode_head.classifier.weight == 7.0)  # same classes: head kept
     other = build_model(resolve_model(None, init=str(tmp_path / "pre")), LABELS3)
     assert not torch.any(other.decode_head.classifier.weight == 7.0)  # other classes: re-initialised
+    # ... the way transformers initialises a new SegFormer head: normal(0, initializer_range), zero bias.
+    head = other.decode_head.classifier
+    assert torch.all(head.bias == 0) and 0.5 * 0.02 < float(head.weight.std()) < 2 * 0.02
 
 
 def test_backbone_weights_load_from_folder(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from alps_hf.core import IGNORE_INDEX
 
 
 def confusion_matrix(

@@ -14,7 +14,6 @@ which is what lets a resumed run end with the same weights as an uninterrupted o
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from alps_hf.core import IGNORE_INDEX
 from alps_hf.errors import ConfigError, DatasetFormatError, InputError
 from alps_hf.images import to_rgb_array
-
-IGNORE_INDEX = 255
-
 
 # ---------------------------------------------------------------------------------------------------
 # Loading
@@ -371,8 +368,3 @@ def eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Evaluation batches: labels stay a list (each at its own size)."""
     return {"pixel_values": torch.stack([it["pixel_values"] for it in items]), "labels": [it["labels"] for it in items]}
 
-
-def steps_per_epoch(num_examples: int, batch_size: int, num_processes: int, accumulation: int) -> int:
-    """Optimizer steps in one epoch (the last partial batch is kept, as DataLoader does by default)."""
-    batches = math.ceil(math.ceil(num_examples / batch_size) / num_processes)
-    return max(1, math.ceil(batches / accumulation))

@@ -31,11 +31,10 @@ from typing import Any
 
 import torch
 
+from alps_hf.core import IGNORE_INDEX
 from alps_hf.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = 255
 
 _MIT_COMMON = {
     "num_encoder_blocks": 4,
@@ -299,12 +298,12 @@ def build_model(spec: ModelSpec, id2label: dict[int, str]):
               f"classes of the dataset (the checkpoint has {len(source_labels)}: {_labels_preview(source_labels)})")
     if reinit:
         # Same number of classes but other classes (e.g. 6 pseudo-classes -> 6 land-cover classes):
-        # ignore_mismatched_sizes would keep the old head, so reset it explicitly.
-        for module in head_modules(model):
-            # transformers marks loaded tensors as initialised and its init skips them; clear the mark.
-            for param in module.parameters():
-                param._is_hf_initialized = False
-            model._init_weights(module)
+        # ignore_mismatched_sizes would keep the old head, so reset it explicitly, with the values
+        # transformers' own initialisation gives a model built from this config (public API only).
+        fresh = cls(model.config)
+        for module, new in zip(head_modules(model), head_modules(fresh), strict=True):
+            module.load_state_dict(new.state_dict())
+        del fresh
     missing = [k for k in info.get("missing_keys", []) if k.startswith(backbone_prefix(model))]
     if missing:
         logger.warning("--init %s has no weights for %d encoder tensors (e.g. %s): they start random", spec.checkpoint, len(missing), missing[0])
