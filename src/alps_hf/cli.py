@@ -151,7 +151,9 @@ class _FieldAdder:
         if kwargs.get("action") == "store_false":
             return None  # HfArgumentParser's `--no_x` complement: the BooleanOptionalAction below has `--no-x`
         if self.positional:
-            kwargs.pop("required", None)  # a positional is required by nature (nargs None or "+")
+            kwargs.pop("required", None)  # a single positional is required by nature
+            if kwargs.get("nargs") == "+":
+                kwargs["nargs"] = "*"  # none given: the config's own message says what to pass, with an example
             return self.target.add_argument(self.field.name, metavar=self.field.name.upper(), **kwargs)
         names = tuple(n for n in names if "_" not in n) or names
         # `--points-per-side N` rather than `--points-per-side POINTS_PER_SIDE`: half the help wraps less.
@@ -206,7 +208,8 @@ class AlpsArgumentParser(HfArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print one line (no usage block, no traceback) and exit with code 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        hint = f"usage: {self.usage}" if self.usage and message.startswith("the following arguments") else ""
+        self.exit(2, f"{self.prog}: error: {message} ({hint or f'see `{self.prog} --help`'})\n")
 
     def unknown_message(self, extras: Sequence[str]) -> str:
         """The error for arguments no flag took: each unknown flag with the closest valid ones (difflib).
@@ -234,7 +237,7 @@ def _usage(name: str, parser: AlpsArgumentParser) -> str:
     words = [f"alps-hf {name}"]
     for action in parser._actions:
         if not action.option_strings:
-            words.append(action.metavar + ("..." if action.nargs == "+" else ""))
+            words.append(action.metavar + ("..." if action.nargs in ("+", "*") else ""))
         elif action.required:
             words.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
     return " ".join([*words, "[options]"])
