@@ -32,6 +32,7 @@ from alps_hf.geo.windows import Window, window_from_meta
 from alps_hf.labeling.clustering import ClusterModel, fit_online_kmeans
 from alps_hf.labeling.config import LabelConfig, ReclusterConfig
 from alps_hf.labeling.inputs import ImageItem, LoadedImage, Tiling, resolve_inputs
+from alps_hf.labeling.record import Pass1Record
 from alps_hf.labeling.workdir import (
     WorkDir,
     ensure_empty_or_resumable,
@@ -159,6 +160,10 @@ def _work_image(loaded: LoadedImage, max_side: int) -> tuple[np.ndarray, np.ndar
     return small, (None if valid is None else _nearest_resize(valid, h, w))
 
 
+class SegmentMapSizeError(RuntimeError):
+    """A segment map whose size is not the image's: a bug in alps_hf, raised through, never recorded."""
+
+
 class Pass1Runner:
     """Labels images into pass-1 records with one MaskGenerator; keeps per-stage seconds."""
 
@@ -174,7 +179,7 @@ class Pass1Runner:
             return None
         return window_from_meta(loaded.meta, self.cfg.window_size, self.cfg.tile_overlap)
 
-    def _records(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[dict]:
+    def _records(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[Pass1Record]:
         works = [_work_image(loaded, self.cfg.max_mask_side) for _, _, loaded in batch]
         outputs = self.generator.generate([rgb for rgb, _ in works])
         records = []
@@ -193,55 +198,51 @@ class Pass1Runner:
             h, w = loaded.rgb.shape[:2]
             work_size = _work_image_size((h, w), self.cfg.max_mask_side)
             if segments.shape != work_size:  # a generator bug, never to be papered over by resizing
-                raise RuntimeError(f"segment map is {segments.shape}, expected {work_size} for a {w}x{h} image")
+                raise SegmentMapSizeError(f"segment map is {segments.shape}, expected {work_size} for a {w}x{h} image")
             if work_size != (h, w):  # labeled below --max-mask-side: maps back to the original size
                 segments = _nearest_resize(segments, h, w)
             area = np.bincount(segments.ravel(), minlength=len(seg.mask_index) + 1)[1:]
             idx = seg.mask_index
             t2 = time.perf_counter()
-            records.append({
-                "index": index, "source": item.source, "error": None,
-                "image_bytes": loaded.image_bytes if loaded.image_bytes is not None else encode_png(loaded.rgb),
-                "meta": json.dumps(loaded.meta, sort_keys=True),
-                "segments_png": encode_png(segments),
-                "segment_area": area.astype(np.int64).tolist(),
-                "segment_iou": masks.iou_scores[idx].cpu().float().tolist(),
-                "segment_stability": masks.stability[idx].cpu().float().tolist(),
-                "features": feats[idx].cpu().numpy().astype(np.float16).tobytes(),
-                "feature_dim": int(feats.shape[1]),
-            })
+            records.append(Pass1Record(
+                index=index, source=item.source,
+                image_bytes=loaded.image_bytes if loaded.image_bytes is not None else encode_png(loaded.rgb),
+                meta=json.dumps(loaded.meta, sort_keys=True),
+                segments_png=encode_png(segments),
+                segment_area=area.astype(np.int64).tolist(),
+                segment_iou=masks.iou_scores[idx].cpu().float().tolist(),
+                segment_stability=masks.stability[idx].cpu().float().tolist(),
+                features=feats[idx].cpu().numpy().astype(np.float16).tobytes(),
+                feature_dim=int(feats.shape[1]),
+            ))
             self.timings["seams"] += t0 - t_seam
             self.timings["features"] += t1 - t0
             self.timings["painting"] += t2 - t1
             self.timings["writing"] += time.perf_counter() - t2
         return records
 
-    def label_batch(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[dict]:
+    def label_batch(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[Pass1Record]:
         """Records for a batch; an image that breaks SAM is retried alone and, failing, recorded as failed."""
         unfit = []
         for one in batch:
             h, w = _work_image_size(one[2].rgb.shape[:2], self.cfg.max_mask_side)
             problem = self.generator.image_problem(h, w)
             if problem is not None:
-                unfit.append(failure_record(one[0], one[1].source, problem))
+                unfit.append(Pass1Record.failure(one[0], one[1].source, problem))
         if unfit:
-            bad = {r["index"] for r in unfit}
+            bad = {r.index for r in unfit}
             rest = [one for one in batch if one[0] not in bad]
-            return sorted(unfit + (self.label_batch(rest) if rest else []), key=lambda r: r["index"])
+            return sorted(unfit + (self.label_batch(rest) if rest else []), key=lambda r: r.index)
         try:
             return self._records(batch)
-        except Exception:  # noqa: BLE001
+        except SegmentMapSizeError:
+            raise  # our bug, not the image's: it must stop the run, never become a failures.jsonl row
+        except Exception:  # noqa: BLE001 - whatever SAM raises on one image is that image's failure
             if len(batch) == 1:
                 index, item, _ = batch[0]
                 err = sys.exc_info()[1]
-                return [failure_record(index, item.source, f"labeling failed: {type(err).__name__}: {err}")]
+                return [Pass1Record.failure(index, item.source, f"labeling failed: {type(err).__name__}: {err}")]
             return [r for one in batch for r in self.label_batch([one])]
-
-
-def failure_record(index: int, source: str, reason: str) -> dict:
-    return {"index": index, "source": source, "error": reason, "image_bytes": None, "meta": None,
-            "segments_png": None, "segment_area": None, "segment_iou": None, "segment_stability": None,
-            "features": None, "feature_dim": None}
 
 
 def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards: list[int],
@@ -251,14 +252,14 @@ def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards
             progress.update(ranges[shard][1] - ranges[shard][0])
             continue
         start, stop = ranges[shard]
-        records: list[dict] = []
+        records: list[Pass1Record] = []
         batch: list = []
         t_wait = time.perf_counter()
         for index, item, loaded in _prefetch([(i, items[i]) for i in range(start, stop)], cfg.num_workers):
             runner.timings["decode_wait"] += time.perf_counter() - t_wait
             if isinstance(loaded, BaseException):
                 reason = str(loaded) if isinstance(loaded, AlpsError) else f"{type(loaded).__name__}: {loaded}"
-                records.append(failure_record(index, item.source, reason))
+                records.append(Pass1Record.failure(index, item.source, reason))
                 progress.update(1)
             else:
                 batch.append((index, item, loaded))
@@ -270,11 +271,11 @@ def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards
         if batch:
             records += runner.label_batch(batch)
             progress.update(len(batch))
-        records.sort(key=lambda r: r["index"])
+        records.sort(key=lambda r: r.index)
         t0 = time.perf_counter()
-        n_masks = sum(len(r["segment_area"] or []) for r in records)
+        n_masks = sum(r.num_segments for r in records)
         work.write_shard(shard, records, {"images": stop - start, "masks": n_masks,
-                                          "failed": sum(r["error"] is not None for r in records)})
+                                          "failed": sum(r.error is not None for r in records)})
         runner.timings["writing"] += time.perf_counter() - t0
 
 

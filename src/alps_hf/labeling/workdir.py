@@ -26,20 +26,7 @@ import pyarrow.parquet as pq
 
 from alps_hf.config_utils import atomic_write_text
 from alps_hf.errors import ConfigError
-
-PASS1_SCHEMA = pa.schema([
-    ("index", pa.int64()),
-    ("source", pa.string()),
-    ("error", pa.string()),  # null when the image was labeled
-    ("image_bytes", pa.binary()),
-    ("meta", pa.string()),  # JSON object
-    ("segments_png", pa.binary()),  # 16-bit PNG segment map at the original size
-    ("segment_area", pa.list_(pa.int64())),
-    ("segment_iou", pa.list_(pa.float32())),
-    ("segment_stability", pa.list_(pa.float32())),
-    ("features", pa.binary()),  # float16, (n_segments, feature_dim), C order
-    ("feature_dim", pa.int32()),
-])
+from alps_hf.labeling.record import Pass1Record, pass1_schema
 
 
 def input_fingerprint(sources: list[str]) -> str:
@@ -132,10 +119,10 @@ class WorkDir:
             )
 
     # ---- pass-1 shards -------------------------------------------------------------------------
-    def write_shard(self, shard: int, records: list[dict], summary: dict) -> None:
+    def write_shard(self, shard: int, records: list[Pass1Record], summary: dict) -> None:
         """Write a pass-1 shard, then its done marker: `summary` plus the file's size and the writer's pid."""
         self.pass1.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist(records, schema=PASS1_SCHEMA)
+        table = pa.Table.from_pylist([r.to_row() for r in records], schema=pass1_schema())
         path = self.shard_path(shard)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(table, tmp)
