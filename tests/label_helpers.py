@@ -99,6 +99,27 @@ def label_bytes(folder: Path) -> list[bytes]:
     return [r["label"]["bytes"] for r in rows(folder)]
 
 
+def assert_same_result(out: Path, ref: Path, sources: list[str], k: int, shard_names: list[str]) -> None:
+    """Everything a run gives its users, compared with a reference run of the same command (resumed vs
+    uninterrupted, two processes vs one): every column of every row (bytes), the output shard names,
+    id2label, failures, the cluster centroids (final and work copies) and the recorded stats / splits."""
+    for folder in (out, ref):
+        assert sorted(p.name for p in (folder / "data").glob("*.parquet")) == shard_names, folder
+    got, want = rows(out), rows(ref)
+    assert [r["source"] for r in got] == [r["source"] for r in want] == sources
+    for column in want[0]:
+        assert [r[column] for r in got] == [r[column] for r in want], f"column {column} differs"
+    for name in ("id2label.json", "failures.jsonl"):
+        assert (out / name).read_text() == (ref / name).read_text(), name
+    for folder in ("", "work"):
+        a, b = ClusterModel.load(out / folder), ClusterModel.load(ref / folder)
+        assert a.centroids.shape == b.centroids.shape == (k, a.feature_dim)
+        assert np.array_equal(a.centroids, b.centroids), f"centroids in {out / folder}"
+    info, ref_info = (json.loads((f / "alps_dataset.json").read_text()) for f in (out, ref))
+    assert info["stats"] == ref_info["stats"]
+    assert info["splits"] == ref_info["splits"]
+
+
 # ---- the main run --------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ Nothing is downloaded: the model is built from a `SamConfig` (input size 128, so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,33 @@ def save_tiny_sam(folder: Path) -> Path:
     tiny_sam_model().save_pretrained(folder)
     tiny_sam_processor().save_pretrained(folder)
     return folder
+
+
+def brute_force_nms(boxes, scores, thresh: float) -> list[int]:
+    """O(n^2) greedy NMS from the definition, the reference for `amg.nms` (kept indices, best first).
+
+    Exact rational IoU (torchvision's area convention: x1 - x0 wide, zero-area boxes overlap nothing), so
+    no float rounding decides a tie; equal scores keep the lower index. boxes: (n, 4) x0, y0, x1, y1 as a
+    list or tensor; scores: n values; thresh: boxes with IoU above it against a kept box are dropped.
+    """
+    boxes = boxes.tolist() if hasattr(boxes, "tolist") else boxes
+    scores = [float(s) for s in (scores.tolist() if hasattr(scores, "tolist") else scores)]
+
+    def iou(p: Sequence[float], q: Sequence[float]) -> Fraction:
+        p, q = [Fraction(v) for v in p], [Fraction(v) for v in q]
+        w = max(Fraction(0), min(p[2], q[2]) - max(p[0], q[0]))
+        h = max(Fraction(0), min(p[3], q[3]) - max(p[1], q[1]))
+        inter = w * h
+        union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+        return inter / union if union > 0 else Fraction(0)
+
+    limit = Fraction(thresh).limit_denominator(1000)
+    order = sorted(range(len(boxes)), key=lambda i: (-scores[i], i))
+    keep: list[int] = []
+    for i in order:
+        if all(iou(boxes[i], boxes[j]) <= limit for j in keep):
+            keep.append(i)
+    return keep
 
 
 def blocks_image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:

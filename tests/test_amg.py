@@ -1,13 +1,12 @@
 """Geometry of automatic mask generation (alps_hf.sam.amg), checked against hand-computed values and
-against a brute-force NMS written here from the definition."""
-
-from fractions import Fraction
+against a brute-force NMS written from the definition (sam_fixtures.brute_force_nms)."""
 
 import numpy as np
 import pytest
 import torch
 
 from alps_hf.sam import amg
+from sam_fixtures import brute_force_nms
 
 
 def test_point_grid_two_per_side():
@@ -94,25 +93,6 @@ def test_box_iou_values():
     # two zero-area boxes: union 0 -> IoU 0, not NaN
     z = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
     assert amg.box_iou(z, z).item() == 0.0
-
-
-def brute_force_nms(boxes: list[list[int]], scores: list[float], thresh: float) -> list[int]:
-    """O(n^2) greedy NMS from the definition, with exact rational IoU (torchvision area convention)."""
-
-    def iou(p, q) -> Fraction:
-        w = max(0, min(p[2], q[2]) - max(p[0], q[0]))
-        h = max(0, min(p[3], q[3]) - max(p[1], q[1]))
-        inter = w * h
-        union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
-        return Fraction(inter, union) if union > 0 else Fraction(0)
-
-    limit = Fraction(thresh).limit_denominator(1000)
-    order = sorted(range(len(boxes)), key=lambda i: (-scores[i], i))
-    keep: list[int] = []
-    for i in order:
-        if all(iou(boxes[i], boxes[j]) <= limit for j in keep):
-            keep.append(i)
-    return keep
 
 
 def random_boxes(rng, n: int, size: int = 40) -> list[list[int]]:

@@ -9,15 +9,7 @@ from PIL import Image
 
 from alps_hf.sam import amg
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig, load_sam_image_processor
-
-
-def brute_force_nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> list[int]:
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    keep: list[int] = []
-    for i in order:
-        if all(float(amg.box_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0]) <= thresh for j in keep):
-            keep.append(i)
-    return keep
+from sam_fixtures import brute_force_nms
 
 
 def reference_masks(model, processor, image: np.ndarray, cfg: MaskGeneratorConfig) -> torch.Tensor:

@@ -20,12 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from alps_hf.labeling.clustering import ClusterModel
-from label_helpers import TINY, check_dataset, rows
-from sam_fixtures import blocks_image, save_tiny_sam, write_png
+from label_helpers import TINY, assert_same_result, check_dataset
+from sam_fixtures import blocks_image, write_png
 
 NUM_IMAGES = 6
 INPUTS = [f"imgs/img_{i}.png" for i in range(NUM_IMAGES)]  # relative: both runs get the same `source`
@@ -33,11 +31,6 @@ OUT = "out"
 # --max-shard-bytes 1: one output shard per work shard, so pass 2 is split across the processes too.
 ARGS = ["--num-clusters", "3", "--shard-size", "1", "--max-shard-bytes", "1", *TINY]
 WAIT_S = 300
-
-
-@pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory) -> Path:
-    return save_tiny_sam(tmp_path_factory.mktemp("tiny-sam"))
 
 
 def run_dir(tmp_path_factory, name: str) -> Path:
@@ -60,29 +53,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(folder: Path, entry: list[str], sam_dir: Path) -> subprocess.CompletedProcess:
+def launch_two(folder: Path, entry: list[str], tiny_sam_dir: Path) -> subprocess.CompletedProcess:
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                   "--main_process_port", str(free_port())]
-    cmd = [*accelerate, *entry, "label", *INPUTS, "--output", OUT, "--sam", str(sam_dir), *ARGS]
+    cmd = [*accelerate, *entry, "label", *INPUTS, "--output", OUT, "--sam", str(tiny_sam_dir), *ARGS]
     return subprocess.run(cmd, cwd=folder, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
                           timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, sam_dir) -> Path:
+def one_process(tmp_path_factory, tiny_sam_dir) -> Path:
     folder = run_dir(tmp_path_factory, "one")
     done = subprocess.run([sys.executable, "-m", "alps_hf.cli", "label", *INPUTS, "--output", OUT, "--sam",
-                           str(sam_dir), *ARGS], cwd=folder, env=env(), capture_output=True, text=True,
+                           str(tiny_sam_dir), *ARGS], cwd=folder, env=env(), capture_output=True, text=True,
                           timeout=WAIT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / OUT
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, sam_dir) -> tuple[Path, subprocess.CompletedProcess]:
+def two_processes(tmp_path_factory, tiny_sam_dir) -> tuple[Path, subprocess.CompletedProcess]:
     folder = run_dir(tmp_path_factory, "two")
-    done = launch_two(folder, ["-m", "alps_hf.cli"], sam_dir)
+    done = launch_two(folder, ["-m", "alps_hf.cli"], tiny_sam_dir)
     assert done.returncode == 0, done.stderr[-4000:]
     return folder / OUT, done
 
@@ -104,21 +97,9 @@ def assert_split_over_two_processes(out: Path, stdout: str) -> None:
     assert stdout.count("alps-hf: wrote") == 1, f"only the main process reports:\n{stdout}"
 
 
-def assert_same_result(out: Path, ref: Path) -> None:
-    names = sorted(p.name for p in (ref / "data").glob("*.parquet"))
-    assert names == [f"train-{i:05d}-of-00006.parquet" for i in range(NUM_IMAGES)]
-    assert sorted(p.name for p in (out / "data").glob("*.parquet")) == names
-    got, want = rows(out), rows(ref)
-    assert [r["source"] for r in want] == INPUTS
-    for column in want[0]:
-        assert [r[column] for r in got] == [r[column] for r in want], f"column {column} differs"
-    for name in ("id2label.json", "failures.jsonl"):
-        assert (out / name).read_text() == (ref / name).read_text(), name
-    for folder in ("", "work"):
-        a, b = ClusterModel.load(out / folder), ClusterModel.load(ref / folder)
-        assert a.centroids.shape == (3, b.feature_dim) and np.array_equal(a.centroids, b.centroids)
-    info, ref_info = (json.loads((f / "alps_dataset.json").read_text()) for f in (out, ref))
-    assert info["stats"] == ref_info["stats"] and info["splits"] == ref_info["splits"]
+def assert_same_as_one_process(out: Path, ref: Path) -> None:
+    shards = [f"train-{i:05d}-of-{NUM_IMAGES:05d}.parquet" for i in range(NUM_IMAGES)]
+    assert_same_result(out, ref, INPUTS, 3, shards)
 
 
 def test_one_process_run_is_one_writer(one_process):
@@ -135,4 +116,4 @@ def test_two_processes_share_the_work(two_processes):
 
 def test_two_processes_equal_one(two_processes, one_process):
     out, _ = two_processes
-    assert_same_result(out, one_process)
+    assert_same_as_one_process(out, one_process)
