@@ -99,7 +99,8 @@ def test_mask2former_pretrain_finetune_evaluate(pseudo, labeled, tmp_path):
         out = model(**processor(images=[np.zeros((40, 36, 3), np.uint8)] * 2, return_tensors="pt"))
     assert out.class_queries_logits.shape[-1] == 6  # 5 classes + no-object
 
-    assert main(["finetune", "--init", str(ckpt), "--model", "mask2former-swin-tiny", "--dataset", str(labeled),
+    # No --model: the tiny checkpoint is not the size of mask2former-swin-tiny, which is now refused.
+    assert main(["finetune", "--init", str(ckpt), "--dataset", str(labeled),
                  "--output", str(ft), "--crop-size", "32", "--batch-size", "2", "--num-workers", "0", "--max-steps", "2"]) == 0
     ft_metrics = _assert_model_folder(ft, "finetune", labeled, 3)
     out_file = tmp_path / "m2f-eval.json"

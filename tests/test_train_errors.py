@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from alps_hf.cli import main
-from train_helpers import TINY_MASK2FORMER, seg_args, tiny_pair, write_dataset
+from train_helpers import TINY_MASK2FORMER, TINY_SEGFORMER, seg_args, tiny_pair, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,66 @@ def test_missing_id2label_and_unknown_eval_split(good, tmp_path, capsys):
     _fails(["pretrain", *seg_args(tmp_path / "ds", tmp_path / "o")], capsys, "has no id2label.json", "--id2label")
     _fails(["pretrain", *seg_args(good, tmp_path / "o", "--eval-split", "test")], capsys,
            "--eval-split 'test' not in the dataset", "['train', 'validation']")
+
+
+def test_init_with_a_named_model_of_another_size_or_with_overrides(good, tmp_path, capsys):
+    """Issue 12.19: --model is checked for size too, and --model-config-overrides with --init is refused, never ignored."""
+    from alps_hf.training.models import build_model, resolve_model
+
+    tiny = build_model(resolve_model("segformer-b0", from_scratch=True, overrides=TINY_SEGFORMER), {0: "a", 1: "b"})
+    tiny.save_pretrained(tmp_path / "tiny")
+    base = ["finetune", "--init", str(tmp_path / "tiny"), "--dataset", str(good), "--output", str(tmp_path / "o")]
+    _fails([*base, "--model", "segformer-b0"], capsys, "is a segformer of another size than --model 'segformer-b0'",
+           "'hidden_sizes': [8, 16, 24, 32]", "[32, 64, 160, 256]", "drop --model")
+    _fails([*base, "--model-config-overrides", '{"drop_path_rate": 0.2}'], capsys,
+           "--model-config-overrides {\"drop_path_rate\": 0.2} cannot apply with --init", "drop --model-config-overrides")
+    assert not (tmp_path / "o").exists()
+
+
+def test_offline_default_backbone_names_it_the_cause_and_both_fixes(good, tmp_path, capsys):
+    """Issue 12.10: no --backbone, offline -> the default encoder, why, --from-scratch / --backbone FOLDER; no empty --output."""
+    out = tmp_path / "o"
+    err = _fails(["pretrain", "--dataset", str(good), "--output", str(out), "--model", "segformer-b0", "--crop-size", "32",
+                  "--num-workers", "0"], capsys,
+                 "the default encoder of --model segformer-b0, 'nvidia/mit-b0' (no --backbone given)",
+                 "HF_HUB_OFFLINE is set", "not in the local cache", "--from-scratch", "--backbone FOLDER")
+    assert "same size" not in err
+    assert not out.exists()  # a failed start leaves nothing that would block the retry
+    # A --backbone the user typed is named as such.
+    _fails(["pretrain", "--dataset", str(good), "--output", str(out), "--model", "segformer-b0", "--backbone",
+            "nvidia/mit-b1", "--num-workers", "0"], capsys, "--backbone 'nvidia/mit-b1'", "--from-scratch")
+    assert not out.exists()
+
+
+def test_backbone_learning_rate_default_depends_on_the_encoder():
+    """Issue 12.18: a random encoder trains at the full rate unless told; pre-trained encoders at a tenth."""
+    from alps_hf.training.config import TrainConfig
+
+    assert TrainConfig(dataset="d", output="o", learning_rate=1e-3, from_scratch=True).backbone_learning_rate == 1e-3
+    assert TrainConfig(dataset="d", output="o", learning_rate=1e-3).backbone_learning_rate == pytest.approx(1e-4)
+    assert TrainConfig(dataset="d", output="o", learning_rate=1e-3, init="ckpt").backbone_learning_rate == pytest.approx(1e-4)
+    given = TrainConfig(dataset="d", output="o", learning_rate=1e-3, from_scratch=True, backbone_learning_rate=5e-5)
+    assert given.backbone_learning_rate == 5e-5
+
+
+def test_num_threads_flag_and_omp_num_threads(good, tmp_path, capsys, monkeypatch):
+    """Issue 12.22: --num-threads sets torch's threads; without it $OMP_NUM_THREADS is honoured; recorded."""
+    import torch
+
+    from alps_hf.training.config import apply_num_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert apply_num_threads(None) == 2
+        assert apply_num_threads(1) == 1  # the flag wins over the environment
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert main(["pretrain", *seg_args(good, tmp_path / "o", "--max-steps", "1", "--eval-split", "none",
+                                           "--checkpointing-steps", "0", "--num-threads", "1")]) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "o" / "training_config.json").read_text())["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    for command in ("pretrain", "evaluate"):
+        extra = ["--model", "m", "--dataset", str(good)] if command == "evaluate" else seg_args(good, tmp_path / "p")
+        _fails([command, *extra, "--num-threads", "0"], capsys, "--num-threads 0 must be >= 1")

@@ -21,6 +21,41 @@ _OPTIMISATION = "optimisation"
 _OUTPUT_AND_CHECKPOINTS = "output and checkpoints"
 _EVALUATION_AND_LOGGING = "evaluation and logging"
 _SCALE = "scale"
+_THREADS_HELP = ("CPU threads of this process (torch.set_num_threads); default: $OMP_NUM_THREADS when set, else all cores. "
+                 "Give 1 when several runs share a small machine.")
+
+
+def check_num_threads(value: int | None) -> None:
+    """Raise `ConfigError` unless --num-threads is None or >= 1.
+
+    Args:
+        value: the flag's value.
+
+    Raises:
+        ConfigError: naming the value.
+    """
+    if value is not None and value < 1:
+        raise ConfigError(f"--num-threads {value} must be >= 1 (or leave it out: $OMP_NUM_THREADS, else all cores)")
+
+
+def apply_num_threads(value: int | None) -> int:
+    """Set torch's intra-op threads from --num-threads, else from $OMP_NUM_THREADS (when set).
+
+    Args:
+        value: the flag's value, or None.
+
+    Returns:
+        The thread count torch uses now.
+    """
+    import os
+
+    import torch
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    count = value if value is not None else (int(env) if env.isdigit() and int(env) > 0 else None)
+    if count is not None and torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return torch.get_num_threads()
 
 
 @dataclass
@@ -51,7 +86,7 @@ class TrainConfig:
     batch_size: int = arg(8, help="Training batch size per device.", group=_OPTIMISATION)
     eval_batch_size: int = arg(4, help="Evaluation batch size per device.", group=_EVALUATION_AND_LOGGING)
     learning_rate: float = arg(1e-4, help="Peak learning rate of the decode head / transformer decoder.", group=_OPTIMISATION)
-    backbone_learning_rate: float | None = arg(None, help="Peak learning rate of the encoder; default --learning-rate / 10.", group=_OPTIMISATION)
+    backbone_learning_rate: float | None = arg(None, help="Peak learning rate of the encoder; default --learning-rate / 10 for pre-trained encoder weights (--backbone, --init), the full --learning-rate with --from-scratch.", group=_OPTIMISATION)
     weight_decay: float = arg(0.01, help="AdamW weight decay (not applied to norms and biases).", group=_OPTIMISATION)
     lr_scheduler: str = arg("poly", help=f"Schedule after warmup: {', '.join(SCHEDULES)}.", group=_OPTIMISATION)
     poly_power: float = arg(1.0, help="Power of the poly schedule.", group=_OPTIMISATION)
@@ -73,6 +108,7 @@ class TrainConfig:
     logging_steps: int = arg(10, help="Log loss / lr to the trackers every N optimizer steps.", group=_EVALUATION_AND_LOGGING)
     num_workers: int = arg(2, help="DataLoader workers (decoding and augmentation run there).", group=_SCALE)
     mixed_precision: str | None = arg(None, help="no / fp16 / bf16 / fp8; default: what `accelerate config` chose.", group=_SCALE)
+    num_threads: int | None = arg(None, help=_THREADS_HELP, group=_SCALE)
     report_to: str = arg("none", help="Tracker: none or tensorboard (or any tracker name accelerate knows).", group=_EVALUATION_AND_LOGGING)
     validate_samples: int | None = arg(256, help="Check labels and sizes of this many examples per split before training (all are checked as they load).", group=_DATA)
 
@@ -106,8 +142,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 0")
         if self.learning_rate <= 0 or (self.backbone_learning_rate is not None and self.backbone_learning_rate < 0):
             raise ConfigError("--learning-rate must be > 0 and --backbone-learning-rate >= 0")
+        check_num_threads(self.num_threads)
         if self.backbone_learning_rate is None:
-            self.backbone_learning_rate = self.learning_rate / 10
+            # A random encoder has nothing to protect: a tenth of the rate would only slow it down.
+            self.backbone_learning_rate = self.learning_rate if self.from_scratch else self.learning_rate / 10
 
 
 @dataclass
@@ -126,8 +164,10 @@ class EvaluateConfig:
     max_samples: int | None = arg(None, help="Score at most this many examples.")
     output_file: str | None = arg(None, help="Where to write the metrics JSON; default <model>/eval_<split>.json for a local model, else ./eval_<split>.json.")
     mixed_precision: str | None = arg(None, help="no / fp16 / bf16; default: what `accelerate config` chose.")
+    num_threads: int | None = arg(None, help=_THREADS_HELP)
 
     def __post_init__(self) -> None:
+        check_num_threads(self.num_threads)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be >= 1")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:

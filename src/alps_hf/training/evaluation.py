@@ -17,7 +17,7 @@ import torch
 from alps_hf.core import atomic_write_text
 from alps_hf.errors import DatasetFormatError
 from alps_hf.metrics.confusion import ConfusionMatrix
-from alps_hf.training.config import EvaluateConfig
+from alps_hf.training.config import EvaluateConfig, apply_num_threads
 from alps_hf.training.data import (
     SegmentationDataset,
     eval_collate,
@@ -116,6 +116,7 @@ def run_evaluate(config: EvaluateConfig) -> int:
     from torch.utils.data import DataLoader, Subset
     from transformers import AutoConfig
 
+    apply_num_threads(config.num_threads)
     architecture = architecture_of(config.model, "--model")
     splits = load_splits(config.dataset, config.dataset_config)
     if config.split not in splits:

@@ -39,7 +39,7 @@ from alps_hf.config_utils import config_to_dict, save_config
 from alps_hf.core import IGNORE_INDEX, read_json
 from alps_hf.errors import CheckpointError, ConfigError, DatasetFormatError
 from alps_hf.training import models
-from alps_hf.training.config import TrainConfig
+from alps_hf.training.config import TrainConfig, apply_num_threads
 from alps_hf.training.data import (
     EpochSampler,
     SegmentationDataset,
@@ -488,10 +488,12 @@ def setup(config: TrainConfig, task: str, spec: ModelSpec, data: RunData) -> Tra
     from accelerate.utils import set_seed
 
     accelerator = build_accelerator(config, spec.architecture)
-    if accelerator.is_main_process:
-        Path(config.output).mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
     model, processor = build_model(spec, data.id2label, config.crop_size)
+    # Only now: a start that fails (e.g. an encoder that cannot be loaded) leaves no empty --output
+    # folder behind, which would block the retry.
+    if accelerator.is_main_process:
+        Path(config.output).mkdir(parents=True, exist_ok=True)
     train_loader, sampler, eval_loader = build_dataloaders(
         data.train_ds, data.eval_ds, config, spec.architecture, processor, data.num_labels,
         accelerator.process_index, accelerator.num_processes,
@@ -646,12 +648,13 @@ def train_loop(run: TrainRun) -> None:
     run.runtime += time.perf_counter() - window.session_start
 
 
-def save_outputs(run: TrainRun, scores: dict[str, Any]) -> dict[str, Any]:
+def save_outputs(run: TrainRun, scores: dict[str, Any], **recorded: Any) -> dict[str, Any]:
     """Write the model folder on the main process: weights, processor, id2label, config, metrics, curve, card.
 
     Args:
         run: the finished run.
         scores: the final evaluation scores ({} without evaluation).
+        recorded: more facts of the run for training_config.json (e.g. num_threads).
 
     Returns:
         The content of `metrics.json`.
@@ -679,7 +682,7 @@ def save_outputs(run: TrainRun, scores: dict[str, Any]) -> dict[str, Any]:
                     architecture=run.spec.architecture, base_model=run.spec.checkpoint, backbone=run.spec.backbone,
                     num_labels=data.num_labels, train_examples=len(data.train_ds), total_steps=run.max_steps,
                     total_batch_size=run.total_batch, num_processes=accelerator.num_processes,
-                    mixed_precision=accelerator.mixed_precision)
+                    mixed_precision=accelerator.mixed_precision, **recorded)
         write_metrics_json(output / "metrics.json", metrics)
         render_training_curve(run.history, run.evals, output / "training_curve.png")
         write_model_card(output)
@@ -703,6 +706,7 @@ def train(config: TrainConfig, task: str = "pretrain") -> dict[str, Any]:
     Raises:
         ConfigError, CheckpointError, InputError, DatasetFormatError: bad flags or data, before training.
     """
+    num_threads = apply_num_threads(config.num_threads)
     resume_from = resolve_resume(config)
     spec = resolve_model(config.model, config.init, config.backbone, config.from_scratch, config.model_config_overrides)
     data = load_data(config)
@@ -715,6 +719,6 @@ def train(config: TrainConfig, task: str = "pretrain") -> dict[str, Any]:
     train_loop(run)
     scores = run_evaluation(run) if run.eval_loader is not None else {}
     run.accelerator.wait_for_everyone()
-    metrics = save_outputs(run, scores)
+    metrics = save_outputs(run, scores, num_threads=num_threads)
     run.accelerator.end_training()
     return metrics

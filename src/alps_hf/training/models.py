@@ -16,7 +16,9 @@ A model comes from one of three sources, resolved by `resolve_model` before anyt
 Class names always come from the dataset (`id2label.json` or `--id2label`); label 255 is ignored.
 `--model-config-overrides` (JSON) changes config fields of a named variant: tests use it for tiny
 models, e.g. `{"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}`; for Mask2Former a nested
-`"backbone_config": {...}` changes the Swin config.
+`"backbone_config": {...}` changes the Swin config. With `--init` the checkpoint's config is used and
+overrides are refused (never ignored); a named `--model` given with `--init` must match the
+checkpoint's family and size.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class ModelSpec:
         checkpoint: id / path of the full checkpoint to start from (`--init`, or `--model` as a path).
         backbone: id / path of the encoder weights for a named variant; None = random (from scratch).
         overrides: config overrides for a named variant.
+        default_backbone: True when `backbone` is the variant's default (no --backbone given).
     """
 
     architecture: str
@@ -88,6 +91,7 @@ class ModelSpec:
     checkpoint: str | None = None
     backbone: str | None = None
     overrides: dict[str, Any] | None = None
+    default_backbone: bool = False
 
     @property
     def base(self) -> str | None:
@@ -95,15 +99,15 @@ class ModelSpec:
         return self.checkpoint or self.backbone
 
 
-def architecture_of(source: str, flag: str) -> str:
-    """Read the config of a checkpoint (cheap, no weights) and return its architecture.
+def read_checkpoint_config(source: str, flag: str):
+    """Read the config of a checkpoint (cheap, no weights) and check it is SegFormer or Mask2Former.
 
     Args:
         source: a checkpoint folder or Hub id.
         flag: the flag it came from, for the message.
 
     Returns:
-        "segformer" or "mask2former".
+        The transformers config (`model_type` "segformer" or "mask2former").
 
     Raises:
         CheckpointError: no readable config there, or another architecture.
@@ -123,7 +127,47 @@ def architecture_of(source: str, flag: str) -> str:
         raise CheckpointError(
             f"{flag} {source!r} is a {model_type!r} model; alps_hf trains SegFormer or Mask2Former{hint}"
         )
-    return model_type
+    return config
+
+
+def architecture_of(source: str, flag: str) -> str:
+    """The architecture of a checkpoint, from its config alone.
+
+    Args:
+        source: a checkpoint folder or Hub id.
+        flag: the flag it came from, for the message.
+
+    Returns:
+        "segformer" or "mask2former".
+
+    Raises:
+        CheckpointError: no readable config there, or another architecture.
+    """
+    return read_checkpoint_config(source, flag).model_type
+
+
+# The config fields that fix a variant's size (and so the shapes of its weights).
+_SIZE_FIELDS = {"segformer": ("hidden_sizes", "depths", "decoder_hidden_size"), "mask2former": ("embed_dim", "depths", "num_heads")}
+
+
+def model_size(config) -> dict[str, Any]:
+    """The size-defining fields of a SegFormer / Mask2Former config (Mask2Former: of its Swin backbone).
+
+    Args:
+        config: a `SegformerConfig` or `Mask2FormerConfig`.
+
+    Returns:
+        e.g. `{"hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256}`.
+    """
+    source = config if config.model_type == "segformer" else config.backbone_config
+    return {name: getattr(source, name, None) for name in _SIZE_FIELDS[config.model_type]}
+
+
+def _variant_size(name: str) -> dict[str, Any]:
+    """The size-defining fields of a named variant."""
+    variant = SEGFORMER_VARIANTS.get(name) or MASK2FORMER_VARIANTS[name]
+    architecture = "segformer" if name in SEGFORMER_VARIANTS else "mask2former"
+    return {field: variant.get(field) for field in _SIZE_FIELDS[architecture]}
 
 
 def _looks_like_checkpoint(value: str) -> bool:
@@ -159,32 +203,54 @@ def resolve_model(
             raise ConfigError(f"--model-config-overrides must be a JSON object, got {overrides!r}")
     if model is None and init is None:
         raise ConfigError(f"no model given: pass --model (one of {', '.join(KNOWN_MODELS)}, or a checkpoint) or --init")
-    expected = None
+    expected, expected_size = None, None
     if model is not None:
         if model in KNOWN_MODELS:
             expected = "segformer" if model in SEGFORMER_VARIANTS else "mask2former"
+            expected_size = _variant_size(model)
         elif _looks_like_checkpoint(model):
             if init is None:
                 init, model = model, None
             else:
-                expected = architecture_of(model, "--model")
+                model_config = read_checkpoint_config(model, "--model")
+                expected, expected_size = model_config.model_type, model_size(model_config)
         else:
             raise ConfigError(f"unknown --model {model!r}; known names: {', '.join(KNOWN_MODELS)}, or a checkpoint id / folder")
     if init is not None:
-        if backbone or from_scratch:
-            raise ConfigError("--init gives all the weights; drop --backbone / --from-scratch, or drop --init")
-        architecture = architecture_of(init, "--init")
-        if expected is not None and architecture != expected:
-            raise CheckpointError(
-                f"--init {init!r} is a {architecture} checkpoint but --model {model!r} is {expected}; "
-                f"give a {expected} checkpoint or drop --model"
-            )
-        return ModelSpec(architecture=architecture, checkpoint=init, overrides=overrides or None)
+        return _resolve_init(init, model, expected, expected_size, backbone, from_scratch, overrides)
     if backbone and from_scratch:
         raise ConfigError(f"--backbone {backbone!r} and --from-scratch contradict each other; keep one")
+    default = not from_scratch and not backbone
     if not from_scratch:
         backbone = backbone or DEFAULT_BACKBONES[model]
-    return ModelSpec(architecture=expected, name=model, backbone=backbone, overrides=overrides or None)
+    return ModelSpec(architecture=expected, name=model, backbone=backbone, overrides=overrides or None, default_backbone=default)
+
+
+def _resolve_init(init: str, model: str | None, expected: str | None, expected_size: dict[str, Any] | None,
+                  backbone: str | None, from_scratch: bool, overrides: dict | None) -> ModelSpec:
+    """The --init branch of `resolve_model`: the checkpoint gives config and weights; --model must fit it."""
+    if backbone or from_scratch:
+        raise ConfigError("--init gives all the weights; drop --backbone / --from-scratch, or drop --init")
+    if overrides:
+        # Applying them to a loaded checkpoint could change weight shapes and silently re-initialise
+        # layers; ignoring them would train another model than the one asked for.
+        raise ConfigError(
+            f"--model-config-overrides {json.dumps(overrides)} cannot apply with --init {init!r}: the checkpoint's own "
+            "config (and weights) is used; drop --model-config-overrides, or drop --init to build a named --model"
+        )
+    config = read_checkpoint_config(init, "--init")
+    architecture = config.model_type
+    if expected is not None and architecture != expected:
+        raise CheckpointError(
+            f"--init {init!r} is a {architecture} checkpoint but --model {model!r} is {expected}; "
+            f"give a {expected} checkpoint or drop --model"
+        )
+    if expected_size is not None and model_size(config) != expected_size:
+        raise CheckpointError(
+            f"--init {init!r} is a {architecture} of another size than --model {model!r}: "
+            f"{model_size(config)} vs {expected_size}; drop --model (the checkpoint defines the model) or give the matching one"
+        )
+    return ModelSpec(architecture=architecture, checkpoint=init)
 
 
 def label_maps(id2label: dict[int, str]) -> dict[str, Any]:
@@ -236,11 +302,25 @@ def _load_backbone(model, spec: ModelSpec) -> None:
             out_features = model.config.backbone_config.out_features
             encoder = SwinBackbone.from_pretrained(spec.backbone, out_features=out_features)
             model.model.pixel_level_module.encoder.load_state_dict(encoder.state_dict())
-    except (OSError, RuntimeError, ValueError) as err:
+    except OSError as err:
+        raise CheckpointError(_backbone_unloadable(spec, err)) from None
+    except (RuntimeError, ValueError) as err:
         raise CheckpointError(
             f"--backbone {spec.backbone!r} cannot be loaded into {spec.name}: {str(err).splitlines()[0][:300]}. "
             f"Give an encoder of the same size, or --from-scratch (offline: a local folder)"
         ) from None
+
+
+def _backbone_unloadable(spec: ModelSpec, err: OSError) -> str:
+    """Why the encoder weights cannot be loaded, naming a default the user never typed, and the two fixes."""
+    from alps_hf.hub.references import unloadable_reason
+
+    reason = unloadable_reason("--backbone", spec.backbone, err, example=DEFAULT_BACKBONES[spec.name])
+    if spec.default_backbone:
+        reason = reason.replace(f"--backbone {spec.backbone!r}",
+                                f"the default encoder of --model {spec.name}, {spec.backbone!r} (no --backbone given),", 1)
+    return (f"{reason}. Either train from random weights with --from-scratch, or give the encoder as "
+            f"--backbone FOLDER (a local save_pretrained copy of {spec.backbone})")
 
 
 @contextmanager
