@@ -500,7 +500,6 @@ def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: 
 
 def run_recluster(cfg: ReclusterConfig) -> int:
     """`alps-hf recluster`: refit K-means on the stored features and rewrite the labels; SAM is not loaded."""
-
     output = Path(cfg.folder)
     work = WorkDir(output / "work")
     manifest = work.read_manifest()

@@ -30,6 +30,7 @@ from alps_hf.labeling.record import Pass1Record, pass1_schema
 
 
 def input_fingerprint(sources: list[str]) -> str:
+    """sha256 (hex) of the input list in order: a resumed run must see the same inputs, sorted the same way."""
     digest = hashlib.sha256()
     for s in sources:
         digest.update(s.encode("utf-8") + b"\0")
@@ -46,12 +47,15 @@ class WorkDir:
 
     @property
     def manifest_path(self) -> Path:
+        """work/manifest.json: the fingerprint of the run's inputs and pass-1 settings."""
         return self.root / "manifest.json"
 
     def shard_path(self, shard: int) -> Path:
+        """The parquet file of pass-1 shard `shard`."""
         return self.pass1 / f"shard-{shard:05d}.parquet"
 
     def done_path(self, shard: int) -> Path:
+        """The done marker of pass-1 shard `shard` (JSON: its summary, byte size and writer pid)."""
         return self.pass1 / f"shard-{shard:05d}.done"
 
     def is_done(self, shard: int) -> bool:
@@ -94,11 +98,13 @@ class WorkDir:
 
     # ---- manifest ------------------------------------------------------------------------------
     def read_manifest(self) -> dict | None:
+        """The manifest as written by `write_manifest`, or None before a run has written one."""
         if not self.manifest_path.is_file():
             return None
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def write_manifest(self, manifest: dict) -> None:
+        """Write the manifest atomically (JSON, sorted keys), creating the work folder if needed."""
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
@@ -132,9 +138,11 @@ class WorkDir:
         atomic_write_text(self.done_path(shard), json.dumps(marker, sort_keys=True) + "\n")
 
     def read_shard(self, shard: int, columns: list[str] | None = None) -> pa.Table:
+        """Pass-1 shard `shard` as an arrow table, only `columns` when given (e.g. no image bytes)."""
         return pq.read_table(self.shard_path(shard), columns=columns)
 
     def shard_summary(self, shard: int) -> dict:
+        """The done marker of `shard`: images, masks, failed, bytes, pid (OSError when it is absent)."""
         return json.loads(self.done_path(shard).read_text(encoding="utf-8"))
 
     def iter_features(self, num_shards: int) -> Iterator[np.ndarray]:
@@ -148,6 +156,7 @@ class WorkDir:
 
 
 def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, end) item ranges of consecutive shards of shard_size items (the last may be shorter)."""
     return [(s, min(s + shard_size, num_items)) for s in range(0, num_items, shard_size)]
 
 
