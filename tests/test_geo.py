@@ -285,6 +285,7 @@ def _big_scene(path, size: int) -> None:
             dst.write(np.stack([band, band // 2 + 50, band // 3 + 20]), window=RioWindow(0, y, size, 512))
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_the_window_not_the_scene(tmp_path):
     peaks = {}
     for size in (4096, 8192):

@@ -296,6 +296,7 @@ def _striped_scene(path: Path, size: int) -> None:
             dst.write(np.stack([band, band // 2 + 50, band // 3 + 20]), window=RioWindow(0, y, size, 256))
 
 
+@pytest.mark.slow
 def test_label_memory_is_bounded_by_the_window_not_the_scene(tmp_path, tiny_sam_dir):
     """`alps-hf label --tile-size 512 --stitch` on a 2048 px and a 4x larger 4096 px uint16 scene, each in a
     fresh interpreter: decoding the scene whole would add >= 72 MiB of pixels (more with the float copies

@@ -8,6 +8,7 @@ information, and K-means finds it.
 import json
 
 import numpy as np
+import pytest
 from datasets import load_dataset
 from PIL import Image
 
@@ -18,6 +19,7 @@ from alps_hf.sam.segment_map import paint_labels
 CLASSES = ["building", "land", "road", "vegetation", "water"]
 
 
+@pytest.mark.slow
 def test_toy_sam_pseudo_labels_beat_random_clusters(tmp_path, toy_sam_dir, scenes_dir):
     out = tmp_path / "pseudo"
     k = 8
