@@ -10,8 +10,13 @@ scored on the evaluation split at the end.
         --output ./label-efficiency -- --max-steps 4000 --crop-size 512 --batch-size 8
 
 Initialisations: `scratch` (random), `backbone` (`--backbone`, ImageNet encoder), `alps`
-(`--pretrained`, the checkpoint of `alps-hf pretrain`); those whose flag is missing are skipped.
-Flags after `--` go to every `finetune` run (any `alps-hf finetune` flag).
+(`--pretrained`, the checkpoint of `alps-hf pretrain`) and `ground-truth` (`--pretrained-gt`, the same
+pre-training on ground-truth labels: the upper bound); those whose flag is missing are skipped.
+A random encoder trains at the full learning rate unless `--backbone-learning-rate` is given after `--`.
+Flags after `--` go to every `finetune` run (any `alps-hf finetune` flag); `--model-config-overrides`
+is a flag of this script, given only to the runs that build `--model` (scratch, backbone), since a
+checkpoint brings its own config. Each run uses `--num-threads` CPU threads (default 1: runs on a
+shared machine are 5-10x slower when each takes every core).
 Writes `<output>/results.csv`, `results.md` and `label_efficiency.png`; each run's model folder
 stays in `<output>/runs/<init>-<fraction>/`.
 """
@@ -27,18 +32,27 @@ from pathlib import Path
 
 from alps_hf.cli import main as cli_main
 
+INITS = ["scratch", "backbone", "alps", "ground-truth"]
+# Initialisations that start from a checkpoint, and the flag of this script that names it.
+CHECKPOINT_INITS = {"alps": "pretrained", "ground-truth": "pretrained_gt"}
+_NEEDS = {"backbone": "backbone", **CHECKPOINT_INITS}
+
 
 def run_one(args, init: str, fraction: float, extra: list[str]) -> dict:
+    """One `alps-hf finetune` run (or its finished folder), as a results row."""
     out = Path(args.output) / "runs" / f"{init}-{fraction:g}"
     flags = ["--dataset", args.dataset, "--output", str(out), "--seed", str(args.seed)]
     if fraction < 1:
         flags += ["--train-fraction", str(fraction)]
-    if init == "alps":
-        flags += ["--init", args.pretrained, "--model", args.model]
-    elif init == "backbone":
-        flags += ["--model", args.model, "--backbone", args.backbone]
+    if args.num_threads:
+        flags += ["--num-threads", str(args.num_threads)]
+    if init in CHECKPOINT_INITS:
+        # The checkpoint defines the model (finetune refuses a --model of another size).
+        flags += ["--init", getattr(args, CHECKPOINT_INITS[init])]
     else:
-        flags += ["--model", args.model, "--from-scratch"]
+        flags += ["--model", args.model, "--backbone", args.backbone] if init == "backbone" else ["--model", args.model, "--from-scratch"]
+        if args.model_config_overrides:
+            flags += ["--model-config-overrides", args.model_config_overrides]
     if (out / "metrics.json").is_file() and not args.rerun:
         print(f"[skip] {out} done already")
     else:
@@ -94,6 +108,7 @@ def write_outputs(rows: list[dict], output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the grid, write the tables and the plot; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -101,17 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="Labeled dataset (train + evaluation split).")
     parser.add_argument("--model", required=True, help="Named variant, e.g. segformer-b2 (the same for every initialisation).")
     parser.add_argument("--pretrained", help="ALPS checkpoint (output of alps-hf pretrain) for the 'alps' initialisation.")
+    parser.add_argument("--pretrained-gt", help="Checkpoint pre-trained the same way on ground-truth labels, for the 'ground-truth' initialisation (the upper bound).")
     parser.add_argument("--backbone", help="ImageNet encoder id / folder for the 'backbone' initialisation.")
-    parser.add_argument("--inits", nargs="+", default=["scratch", "backbone", "alps"], choices=["scratch", "backbone", "alps"])
+    parser.add_argument("--model-config-overrides", help="JSON config changes of --model, for the runs that build it (scratch, backbone).")
+    parser.add_argument("--num-threads", type=int, default=1, help="CPU threads of each run (0: the finetune default).")
+    parser.add_argument("--inits", nargs="+", default=INITS, choices=INITS)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.05, 0.1, 1.0])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", required=True)
     parser.add_argument("--rerun", action="store_true", help="Re-run finished runs instead of reading their metrics.")
     args = parser.parse_args(argv)
-    inits = [i for i in args.inits if not (i == "alps" and not args.pretrained) and not (i == "backbone" and not args.backbone)]
+    inits = [i for i in args.inits if i not in _NEEDS or getattr(args, _NEEDS[i])]
     skipped = sorted(set(args.inits) - set(inits))
     if skipped:
-        print(f"skipping {', '.join(skipped)}: give --pretrained / --backbone to include them")
+        print(f"skipping {', '.join(skipped)}: give --backbone / --pretrained / --pretrained-gt to include them")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     rows = [run_one(args, init, f, extra) for f in sorted(args.fractions) for init in inits]

@@ -19,10 +19,12 @@ def test_label_efficiency_table(tmp_path):
     labeled = write_dataset(tmp_path / "labeled", k=3, seed=1)
     assert cli_main(["pretrain", *seg_args(pseudo, tmp_path / "ckpt", "--max-steps", "1", "--eval-split", "none")]) == 0
     out = tmp_path / "le"
+    # The ground-truth start (issue 12.18): the same pre-training on the labeled set's own labels.
+    assert cli_main(["pretrain", *seg_args(labeled, tmp_path / "gt", "--max-steps", "1", "--eval-split", "none")]) == 0
     rc = module.main(["--dataset", str(labeled), "--model", "segformer-b0", "--pretrained", str(tmp_path / "ckpt"),
+                      "--pretrained-gt", str(tmp_path / "gt"), "--model-config-overrides", json.dumps(TINY_SEGFORMER),
                       "--fractions", "0.5", "1.0", "--inits", "scratch", "alps", "--output", str(out), "--",
-                      "--max-steps", "1", "--crop-size", "32", "--batch-size", "2", "--num-workers", "0",
-                      "--model-config-overrides", json.dumps(TINY_SEGFORMER)])
+                      "--max-steps", "1", "--crop-size", "32", "--batch-size", "2", "--num-workers", "0"])
     assert rc == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["init"], r["fraction"], r["train_examples"]) for r in rows] == [
@@ -36,3 +38,20 @@ def test_label_efficiency_table(tmp_path):
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     training = json.loads((out / "runs" / "alps-0.5" / "training_config.json").read_text())
     assert training["init"] == str(tmp_path / "ckpt") and training["train_fraction"] == 0.5
+    assert training["model"] is None and training["model_config_overrides"] is None  # the checkpoint defines it
+    scratch = json.loads((out / "runs" / "scratch-0.5" / "training_config.json").read_text())
+    # One thread per job; the random encoder at the full learning rate (not a tenth).
+    assert scratch["num_threads"] == 1 and training["num_threads"] == 1
+    assert scratch["backbone_learning_rate"] == scratch["learning_rate"]
+    assert training["backbone_learning_rate"] == scratch["learning_rate"] / 10
+
+    rc = module.main(["--dataset", str(labeled), "--model", "segformer-b0", "--pretrained-gt", str(tmp_path / "gt"),
+                      "--model-config-overrides", json.dumps(TINY_SEGFORMER), "--fractions", "0.5",
+                      "--inits", "scratch", "ground-truth", "--output", str(out), "--",
+                      "--max-steps", "1", "--crop-size", "32", "--batch-size", "2", "--num-workers", "0"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["init"], r["fraction"]) for r in rows] == [("scratch", "0.5"), ("ground-truth", "0.5")]
+    gt = json.loads((out / "runs" / "ground-truth-0.5" / "training_config.json").read_text())
+    assert gt["init"] == str(tmp_path / "gt")
+    assert "| labels | scratch | ground-truth |" in (out / "results.md").read_text()
