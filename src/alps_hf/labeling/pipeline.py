@@ -61,6 +61,7 @@ PASS1_FIELDS = ("sam", "sam_revision", "split", "image_column", "points_per_side
 
 
 def generator_config(cfg: LabelConfig) -> MaskGeneratorConfig:
+    """The MaskGeneratorConfig part of a LabelConfig (the mask-generation flags of `alps-hf label`)."""
     fields = MaskGeneratorConfig.__dataclass_fields__
     return MaskGeneratorConfig(**{k: getattr(cfg, k) for k in fields if hasattr(cfg, k)})
 
@@ -99,6 +100,7 @@ def load_sam_config(name: str, revision: str | None):
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype SAM runs in: `--dtype` by name; 'auto' is bfloat16 on CUDA, float32 elsewhere."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -247,6 +249,24 @@ class Pass1Runner:
 
 def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards: list[int],
               ranges: list[tuple[int, int]], cfg: LabelConfig, progress: tqdm) -> None:
+    """Pass 1 over this process's shards: one parquet shard and done marker per shard.
+
+    Every input gets its SAM masks, segment map and features, or a failure row; shards already done
+    (a resumed run) are skipped.
+
+    Args:
+        runner: the Pass1Runner holding the loaded MaskGenerator.
+        items: every input of the run, in sorted order.
+        work: the run's work folder.
+        shards: the shard indices this process labels (`split_for_process`).
+        ranges: [start, end) item range of every shard (`shard_ranges`).
+        cfg: the run's settings (`--num-workers`, `--image-batch-size`, the sizes of the work image).
+        progress: advanced by one per input, done or skipped.
+
+    Raises:
+        SegmentMapSizeError: a bug in alps_hf (a segment map of the wrong size); a bad image is never
+            raised, it becomes a failure row with its reason.
+    """
     for shard in shards:
         if work.is_done(shard):
             progress.update(ranges[shard][1] - ranges[shard][0])
@@ -308,6 +328,23 @@ def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig) -> ClusterMod
 
 def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, split: str,
               max_shard_bytes: int) -> list[Path]:
+    """Pass 2: the pass-1 shards labeled with the fitted clusters and written as the dataset's parquet shards.
+
+    Each process writes its contiguous share of output shards; every process waits for the others, then
+    the main process removes shards of an earlier run of this split that the new layout no longer has.
+
+    Args:
+        state: Accelerate's PartialState (process index, count, barrier).
+        output: the output folder; shards go to output/data.
+        work: the run's work folder, whose pass-1 shards are read and pass-2 group stats written.
+        num_shards: how many pass-1 shards there are.
+        clusters: the fitted cluster model.
+        split: the split name in the shard file names (`--split`).
+        max_shard_bytes: the largest group of pass-1 bytes in one output shard (`--max-shard-bytes`).
+
+    Returns:
+        The paths of every output shard of the split, in order (those of other processes included).
+    """
     sizes = [work.shard_path(s).stat().st_size for s in range(num_shards)]
     groups = group_shards(sizes, max_shard_bytes)
     names = [output / "data" / shard_file_name(split, g, len(groups)) for g in range(len(groups))]
@@ -466,6 +503,16 @@ def run_label(cfg: LabelConfig) -> int:
 
 
 def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0) -> dict:
+    """The settings part of alps_dataset.json: versions, SAM, seed, generator, K-means and tiling settings.
+
+    Args:
+        cfg: the run's settings.
+        description: where the inputs came from, in words (the card's source line).
+        scenes: how many scenes were cut into tiles (0 for plain images).
+
+    Returns:
+        A JSON-ready dict; the run adds the stats, splits and seconds.
+    """
     gen = asdict(generator_config(cfg))
     gen.pop("upsample_chunk", None)
     return {"alps_hf_version": __version__, "sam_model": cfg.sam, "sam_revision": cfg.sam_revision,
