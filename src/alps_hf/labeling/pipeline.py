@@ -247,6 +247,19 @@ class Pass1Runner:
             return [r for one in batch for r in self.label_batch([one])]
 
 
+def load_pass1_runner(cfg: LabelConfig, work: WorkDir, shards: list[int], device: torch.device) -> Pass1Runner | None:
+    """SAM loaded for pass 1, or None when every one of `shards` is already done.
+
+    A resume of a run whose SAM pass is complete needs no SAM: loading it would cost time and print
+    transformers' "Loading weights" bar for nothing.
+    """
+    if all(work.is_done(shard) for shard in shards):
+        return None
+    generator = MaskGenerator.from_pretrained(cfg.sam, generator_config(cfg), revision=cfg.sam_revision,
+                                              device=device, dtype=resolve_dtype(cfg.dtype, device))
+    return Pass1Runner(generator, cfg)
+
+
 def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards: list[int],
               ranges: list[tuple[int, int]], cfg: LabelConfig, progress: tqdm) -> None:
     """Pass 1 over this process's shards: one parquet shard and done marker per shard.
@@ -451,12 +464,7 @@ def run_label(cfg: LabelConfig) -> int:
     t_start = time.perf_counter()
     device = torch.device(cfg.device) if cfg.device else state.device
     mine = list(split_for_process(len(ranges), state.process_index, state.num_processes))
-    # A resume with all of this process's shards done needs no SAM (loading it costs time and a progress bar).
-    generator = runner = None
-    if not all(work.is_done(shard) for shard in mine):
-        generator = MaskGenerator.from_pretrained(cfg.sam, generator_config(cfg), revision=cfg.sam_revision,
-                                                  device=device, dtype=resolve_dtype(cfg.dtype, device))
-        runner = Pass1Runner(generator, cfg)
+    runner = load_pass1_runner(cfg, work, mine, device)
     t_loaded = time.perf_counter()
     total = len(inputs.items)
     with tqdm(total=sum(ranges[s][1] - ranges[s][0] for s in mine), desc="pass 1: SAM masks", unit="img",
@@ -488,7 +496,7 @@ def run_label(cfg: LabelConfig) -> int:
     seconds = {"load_model": t_loaded - t_start, "pass1": t_pass1 - t_loaded, "kmeans": t_kmeans - t_pass1,
                "pass2": t_pass2 - t_kmeans, "finish": t_finish - t_pass2,
                **({"stitch": time.perf_counter() - t_finish} if cfg.stitch else {}),
-               **{f"pass1.{k}": v for k, v in (generator.timings if generator else {}).items()},
+               **{f"pass1.{k}": v for k, v in (runner.generator.timings if runner else {}).items()},
                **{f"pass1.{k}": v for k, v in (runner.timings if runner else {}).items()}}
     record_seconds(output, info, seconds)
     print_summary(output, total, stats, seconds, scenes=inputs.scenes, verbose=cfg.verbose)
