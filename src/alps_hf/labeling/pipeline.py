@@ -260,7 +260,7 @@ def load_pass1_runner(cfg: LabelConfig, work: WorkDir, shards: list[int], device
     return Pass1Runner(generator, cfg)
 
 
-def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards: list[int],
+def run_pass1(runner: Pass1Runner | None, items: list[ImageItem], work: WorkDir, shards: list[int],
               ranges: list[tuple[int, int]], cfg: LabelConfig, progress: tqdm) -> None:
     """Pass 1 over this process's shards: one parquet shard and done marker per shard.
 
@@ -268,7 +268,7 @@ def run_pass1(runner: Pass1Runner, items: list[ImageItem], work: WorkDir, shards
     (a resumed run) are skipped.
 
     Args:
-        runner: the Pass1Runner holding the loaded MaskGenerator.
+        runner: the Pass1Runner holding the loaded MaskGenerator; None when every shard is done.
         items: every input of the run, in sorted order.
         work: the run's work folder.
         shards: the shard indices this process labels (`split_for_process`).
