@@ -182,6 +182,7 @@ class AlpsArgumentParser(HfArgumentParser):
     def __init__(self, dataclass_types: Any = None, *, positional: str | None = None, **kwargs: Any):
         self.positional = positional
         self.flags: list[str] = ["-h", "--help"]
+        self.subcommands: dict[str, AlpsArgumentParser] = {}  # filled by build_parser on the top-level parser
         self._groups: dict[str, argparse._ArgumentGroup] = {}
         kwargs.setdefault("formatter_class", HelpFormatter)
         # `--num-cluster 5` must be an error, not silently `--num-clusters 5`.
@@ -261,12 +262,8 @@ def build_parser() -> AlpsArgumentParser:
                                   dataclass_types=[_load(c) for c in command.configs],
                                   positional=command.positional)
         sub.usage = _usage(name, sub)
+        top.subcommands[name] = sub
     return top
-
-
-def _subparser(top: AlpsArgumentParser, name: str) -> AlpsArgumentParser:
-    (commands,) = (a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices[name]
 
 
 def parse(argv: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
@@ -291,7 +288,7 @@ def parse(argv: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
     if namespace.command is None:
         top.print_help(sys.stderr)
         top.exit(2)
-    sub = _subparser(top, namespace.command)
+    sub = top.subcommands[namespace.command]
     if extras:
         sub.error(sub.unknown_message(extras))
     values = vars(namespace)
