@@ -60,8 +60,57 @@ def test_dataset_items_for_both_architectures():
     assert item["pixel_values"].shape == (3, 16, 16) and item["labels"].shape == (16, 16)
     assert item["class_labels"].tolist() == sorted({int(v) for v in item["labels"].unique()} - {255})
     assert item["pixel_values"][0].max().item() == pytest.approx(1.0)  # (1 - 0.5) / 0.5
-    ev = SegmentationDataset(ds, train=False, architecture="segformer", eval_size=(8, 12), **common)[0]
-    assert ev["pixel_values"].shape == (3, 8, 12) and ev["labels"].shape == (20, 30)  # label kept at its size
+    ev = SegmentationDataset(ds, train=False, architecture="segformer", **common)[0]
+    # Evaluation keeps image and label at full resolution (issue 12.20): no resize to the crop.
+    assert ev["pixel_values"].shape == (3, 20, 30) and ev["labels"].shape == (20, 30)
+
+
+def test_sliding_windows_cover_the_image_like_mmsegmentation():
+    from alps_hf.training.evaluation import sliding_windows
+
+    windows = sliding_windows(40, 50, crop=32, stride=21)
+    # Rows: origins 0, then flush with the border (8); columns 0, 18 (flush).
+    assert windows == [(0, 32, 0, 32), (0, 32, 18, 50), (8, 40, 0, 32), (8, 40, 18, 50)]
+    covered = np.zeros((40, 50), int)
+    for y0, y1, x0, x1 in windows:
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    assert sliding_windows(20, 30, crop=32, stride=21) == [(0, 20, 0, 30)]  # smaller than the crop: the whole image
+
+
+class _StripeModel(torch.nn.Module):
+    """A stand-in SegFormer: class scores = the first 2 input channels at 1/4 resolution per 4x4 block
+    (as SegFormer's logits are), so a prediction is only right if the input was full resolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("Config", (), {"model_type": "segformer"})()
+        self.sizes = []
+
+    def forward(self, pixel_values):
+        self.sizes.append((pixel_values.shape[0], *pixel_values.shape[-2:]))
+        return type("Out", (), {"logits": torch.nn.functional.avg_pool2d(pixel_values[:, :2], 4)})()
+
+
+def test_evaluation_infers_at_full_resolution_in_windows_of_the_crop():
+    """Issue 12.20: a 64 x 96 image scored with crop 32 is cut into 32 x 32 windows, never shrunk to 32 x 32."""
+    from accelerate import Accelerator
+
+    from alps_hf.training.data import eval_collate
+    from alps_hf.training.evaluation import evaluate
+
+    label = np.zeros((64, 96), np.int64)
+    label[:, 48:] = 1
+    label[:8] = 255
+    image = torch.zeros(3, 64, 96)
+    image[0][label == 0], image[1][label == 1] = 1.0, 1.0  # channel c is high where the class is c
+    model = _StripeModel()
+    loader = torch.utils.data.DataLoader([{"pixel_values": image, "labels": torch.from_numpy(label)}], batch_size=4,
+                                         collate_fn=eval_collate)
+    scores = evaluate(model, loader, Accelerator(cpu=True), 2, {0: "a", 1: "b"}, crop=32, stride=32)
+    assert all((h, w) == (32, 32) for _, h, w in model.sizes)
+    assert sum(b for b, _, _ in model.sizes) == 6  # 2 rows x 3 columns of 32 x 32 windows
+    assert scores["mean_iou"] == 1.0 and scores["num_pixels"] == 56 * 96
 
 
 def test_subsets_are_seeded_and_sized():

@@ -28,6 +28,7 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from alps_hf import __version__
+from alps_hf.config_utils import CONFIG_ONLY_METADATA
 from alps_hf.errors import AlpsError
 
 # How a stopped run is continued: label's pass-1 shards (`--resume`), training's checkpoints
@@ -118,6 +119,7 @@ def _show_default(value: Any, action: argparse.Action) -> str:
 
 
 _METAVARS = {int: "N", float: "X"}
+_ARGPARSE_KEYS = {"action", "nargs", "const", "default", "type", "choices", "required", "help", "metavar", "dest"}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -147,7 +149,9 @@ class _FieldAdder:
         self.parser, self.target, self.field, self.positional = parser, target, field, positional
 
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action | None:
-        kwargs.pop("group", None)
+        # HfArgumentParser passes the whole field metadata on; keys of our own (group, pass1, ...) are not
+        # argparse's.
+        kwargs = {k: v for k, v in kwargs.items() if k in _ARGPARSE_KEYS}
         if kwargs.get("action") == "store_false":
             return None  # HfArgumentParser's `--no_x` complement: the BooleanOptionalAction below has `--no-x`
         if self.positional:

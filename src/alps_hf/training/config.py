@@ -21,6 +21,8 @@ _OPTIMISATION = "optimisation"
 _OUTPUT_AND_CHECKPOINTS = "output and checkpoints"
 _EVALUATION_AND_LOGGING = "evaluation and logging"
 _SCALE = "scale"
+_STRIDE_HELP = ("Evaluation infers on each full-resolution image in sliding windows of the crop size (mmsegmentation's "
+                "slide mode), this many pixels apart; default 2/3 of the crop. An image no larger than the crop is one window.")
 _THREADS_HELP = ("CPU threads of this process (torch.set_num_threads); default: $OMP_NUM_THREADS when set, else all cores. "
                  "Give 1 when several runs share a small machine.")
 
@@ -104,6 +106,7 @@ class TrainConfig:
     push_to_hub: str | None = arg(None, help="After training, publish --output to this Hub model repo id.", group=_OUTPUT_AND_CHECKPOINTS)
     private: bool = arg(False, help="With --push-to-hub: create the repo private.", group=_OUTPUT_AND_CHECKPOINTS)
     eval_steps: int = arg(500, help="Evaluate every N optimizer steps (0: only at the end).", group=_EVALUATION_AND_LOGGING)
+    eval_stride: int | None = arg(None, help=_STRIDE_HELP, group=_EVALUATION_AND_LOGGING)
     max_eval_samples: int | None = arg(None, help="Evaluate on at most this many examples.", group=_EVALUATION_AND_LOGGING)
     logging_steps: int = arg(10, help="Log loss / lr to the trackers every N optimizer steps.", group=_EVALUATION_AND_LOGGING)
     num_workers: int = arg(2, help="DataLoader workers (decoding and augmentation run there).", group=_SCALE)
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ConfigError(f"--color-jitter {self.color_jitter} must be in [0, 1)")
         if self.checkpoints_total_limit < 1:
             raise ConfigError(f"--checkpoints-total-limit {self.checkpoints_total_limit} must be >= 1")
+        if self.eval_stride is not None and not 1 <= self.eval_stride <= self.crop_size:
+            raise ConfigError(f"--eval-stride {self.eval_stride} must be in 1..--crop-size ({self.crop_size})")
         for name in ("checkpointing_steps", "eval_steps", "logging_steps", "num_workers", "warmup_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -165,9 +170,14 @@ class EvaluateConfig:
     output_file: str | None = arg(None, help="Where to write the metrics JSON; default <model>/eval_<split>.json for a local model, else ./eval_<split>.json.")
     mixed_precision: str | None = arg(None, help="no / fp16 / bf16; default: what `accelerate config` chose.")
     num_threads: int | None = arg(None, help=_THREADS_HELP)
+    crop_size: int | None = arg(None, help="Sliding-window side for inference; default: the size the model's saved image processor resizes to (its training crop).")
+    eval_stride: int | None = arg(None, help=_STRIDE_HELP)
 
     def __post_init__(self) -> None:
         check_num_threads(self.num_threads)
+        for name in ("crop_size", "eval_stride"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be >= 1")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:

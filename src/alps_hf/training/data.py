@@ -277,20 +277,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Training items are addressed by `(epoch, index)` (see `EpochSampler`): the augmentation is
     drawn from `np.random.default_rng([seed, epoch, index])`. Evaluation items are plain indices:
-    the image is resized to `eval_size`, the label is kept at its own size (scores are computed at
-    label size).
+    image and label at full resolution (inference slides windows over the image, see
+    `alps_hf.training.evaluation`).
     """
 
     def __init__(self, ds, *, image_column: str, label_column: str, num_labels: int, mean, std, crop_size: int,
                  train: bool, architecture: str, seed: int = 0, scale: tuple[float, float] = (0.5, 2.0),
-                 flips: bool = True, rotate: bool = True, jitter: float = 0.1, eval_size: tuple[int, int] | None = None,
-                 split: str = "train"):
+                 flips: bool = True, rotate: bool = True, jitter: float = 0.1, split: str = "train"):
         self.ds = ds.select_columns([image_column, label_column])
         self.image_column, self.label_column = image_column, label_column
         self.num_labels, self.mean, self.std = num_labels, list(mean), list(std)
         self.crop_size, self.train, self.architecture, self.seed = crop_size, train, architecture, seed
         self.scale, self.flips, self.rotate, self.jitter = scale, flips, rotate, jitter
-        self.eval_size = eval_size or (crop_size, crop_size)
         self.split = split
 
     def __len__(self) -> int:
@@ -309,8 +307,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, int(epoch), int(index)])
             image, label = augment(image, label, self.crop_size, rng, scale=self.scale, flips=self.flips,
                                    rotate=self.rotate, jitter=self.jitter)
-        else:
-            image = _resize(image, *self.eval_size, nearest=False)
         item = {"pixel_values": normalize(image, self.mean, self.std), "labels": torch.from_numpy(label.astype(np.int64))}
         if self.train and self.architecture == "mask2former":
             item["mask_labels"], item["class_labels"] = mask2former_targets(item["labels"])
@@ -365,6 +361,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Evaluation batches: labels stay a list (each at its own size)."""
-    return {"pixel_values": torch.stack([it["pixel_values"] for it in items]), "labels": [it["labels"] for it in items]}
+    """Evaluation batches: images and labels stay lists (each at its own full resolution)."""
+    return {"pixel_values": [it["pixel_values"] for it in items], "labels": [it["labels"] for it in items]}
 

@@ -1,8 +1,12 @@
 """Evaluation of a segmentation model: during training (`evaluate`) and for a saved model (`alps-hf evaluate`).
 
-Scores are computed at label resolution from one confusion matrix per process, summed over
-processes (`alps_hf.metrics.confusion`); each process scores its own rows (rank::world), so no row
-is counted twice.
+Inference is at full resolution: the image is never resized. It is cut into sliding windows of the
+training crop size (mmsegmentation's `slide` mode: windows `stride` apart, the last one flush with the
+border, overlapping logits averaged); an image no larger than the crop is one window, the whole
+image. Each window's logits are upsampled to the window, so predictions have the image's (= the
+label's) size. Scores come from one confusion matrix per process, summed over processes
+(`alps_hf.metrics.confusion`); each process scores its own rows (rank::world), so no row is counted
+twice.
 """
 
 from __future__ import annotations
@@ -49,28 +53,86 @@ def write_metrics_json(path: str | Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
+def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """The windows of mmsegmentation's slide inference over an image.
+
+    Args:
+        height: the image height.
+        width: the image width.
+        crop: the window side (clipped to the image when the image is smaller).
+        stride: the step between window origins.
+
+    Returns:
+        `(y0, y1, x0, x1)` of each window, row by row; together they cover every pixel.
+    """
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    windows = []
+    for r in range(rows):
+        y1 = min(r * stride + crop, height)
+        for c in range(cols):
+            x1 = min(c * stride + crop, width)
+            windows.append((max(y1 - crop, 0), y1, max(x1 - crop, 0), x1))
+    return windows
+
+
+def slide_logits(model, image: torch.Tensor, crop: int, stride: int, batch_size: int = 4) -> torch.Tensor:
+    """(C, H, W) class scores of one (3, H, W) image from sliding windows, overlaps averaged.
+
+    Args:
+        model: a SegFormer / Mask2Former model (eval mode).
+        image: the normalised image at full resolution, on the model's device.
+        crop: the window side (the training crop size).
+        stride: the step between windows.
+        batch_size: windows per forward pass.
+
+    Returns:
+        Float scores at the image's size (argmax gives the prediction).
+    """
+    height, width = image.shape[-2:]
+    windows = sliding_windows(height, width, crop, stride)
+    total, count = None, torch.zeros((1, height, width), device=image.device)
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        # Windows of one image share a size (all crop x crop, or the whole smaller image).
+        logits = semantic_logits(model, torch.stack([image[:, y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])).float()
+        size = (chunk[0][1] - chunk[0][0], chunk[0][3] - chunk[0][2])
+        logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if total is None:
+            total = torch.zeros((logits.shape[1], height, width), device=image.device)
+        for (y0, y1, x0, x1), window in zip(chunk, logits, strict=True):
+            total[:, y0:y1, x0:x1] += window
+            count[:, y0:y1, x0:x1] += 1
+    return total / count
+
+
 @torch.no_grad()
-def evaluate(model, loader, accelerator, num_labels: int, id2label: dict[int, str]) -> dict[str, Any]:
-    """Score `model` on this process' evaluation rows, summed over all processes.
+def evaluate(model, loader, accelerator, num_labels: int, id2label: dict[int, str], crop: int,
+             stride: int | None = None) -> dict[str, Any]:
+    """Score `model` on this process' evaluation rows at full resolution, summed over all processes.
 
     Args:
         model: an unwrapped SegFormer / Mask2Former model (its train/eval mode is restored after).
-        loader: batches of `eval_collate` (pixel values, labels at their own size).
+        loader: batches of `eval_collate` (full-resolution pixel values and labels, as lists).
         accelerator: the run's `Accelerator` (device, autocast, cross-process sum).
         num_labels: the number of classes C.
         id2label: class names for the per-class scores.
+        crop: the sliding-window side (the training crop size).
+        stride: the step between windows; default 2/3 of `crop` (mmsegmentation's slide setting).
 
     Returns:
         The scores of `alps_hf.metrics.confusion.scores_from_confusion` (mean_iou, mean_accuracy,
         overall_accuracy, per_class_iou, per_class_accuracy, num_pixels).
     """
+    stride = stride or max(1, crop * 2 // 3)
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_labels, device=accelerator.device)
     for batch in loader:
-        with accelerator.autocast():
-            logits = semantic_logits(model, batch["pixel_values"].to(accelerator.device))
-        cm.update_from_logits(logits.float(), [label.to(accelerator.device) for label in batch["labels"]])
+        for image, label in zip(batch["pixel_values"], batch["labels"], strict=True):
+            with accelerator.autocast():
+                logits = slide_logits(model, image.to(accelerator.device), crop, stride, loader.batch_size or 1)
+            cm.update(logits.argmax(dim=0), label.to(accelerator.device))
     cm.reduce(accelerator)
     model.train(was_training)
     return cm.compute(id2label)
@@ -129,15 +191,15 @@ def run_evaluate(config: EvaluateConfig) -> int:
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     model = model_class(architecture).from_pretrained(config.model).to(accelerator.device)
     processor = load_image_processor(config.model, architecture)
+    # The window is the crop the model was trained on: the size its saved processor resizes to.
     size = processor.size
-    eval_size = (size["height"], size["width"]) if getattr(size, "height", None) or "height" in size else (512, 512)
+    crop = config.crop_size or (size["height"] if "height" in size else 512)
     dataset = SegmentationDataset(ds, image_column=config.image_column, label_column=config.label_column,
                                   num_labels=len(id2label), mean=processor.image_mean, std=processor.image_std,
-                                  crop_size=eval_size[0], train=False, architecture=architecture,
-                                  eval_size=eval_size, split=config.split)
+                                  crop_size=crop, train=False, architecture=architecture, split=config.split)
     mine = Subset(dataset, list(range(accelerator.process_index, len(dataset), accelerator.num_processes)))
     loader = DataLoader(mine, batch_size=config.batch_size, collate_fn=eval_collate, num_workers=config.num_workers)
-    scores = evaluate(model, loader, accelerator, len(id2label), id2label)
+    scores = evaluate(model, loader, accelerator, len(id2label), id2label, crop, config.eval_stride)
     result = {"model": config.model, "dataset": config.dataset, "split": config.split, "num_examples": len(ds), "eval": scores}
     out = _output_file(config)
     if accelerator.is_main_process:

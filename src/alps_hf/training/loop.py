@@ -539,7 +539,8 @@ def run_evaluation(run: TrainRun) -> dict[str, Any]:
         The full scores (`alps_hf.training.evaluation.evaluate`).
     """
     accelerator = run.accelerator
-    scores = evaluate(accelerator.unwrap_model(run.model), run.eval_loader, accelerator, run.data.num_labels, run.data.id2label)
+    scores = evaluate(accelerator.unwrap_model(run.model), run.eval_loader, accelerator, run.data.num_labels,
+                      run.data.id2label, run.config.crop_size, run.config.eval_stride)
     record = {"step": run.completed, "mean_iou": scores["mean_iou"], "mean_accuracy": scores["mean_accuracy"],
               "overall_accuracy": scores["overall_accuracy"]}
     run.evals.append(record)
