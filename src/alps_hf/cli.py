@@ -28,7 +28,6 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from alps_hf import __version__
-from alps_hf.config_utils import CONFIG_ONLY_METADATA
 from alps_hf.errors import AlpsError
 
 # How a stopped run is continued: label's pass-1 shards (`--resume`), training's checkpoints
