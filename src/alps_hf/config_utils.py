@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
+#: Field metadata read by alps_hf itself, never passed on to argparse: the `--help` heading, and whether a
+#: labeling setting shapes pass 1 (the resume fingerprint).
+CONFIG_ONLY_METADATA = ("group", "pass1")
+
+
 def arg(default: Any = dataclasses.MISSING, help: str = "", group: str | None = None, **kwargs) -> Any:
     """A dataclass field with help text for HfArgumentParser (`default_factory` for lists).
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from alps_hf.config_utils import arg
+from alps_hf.core import IGNORE_INDEX
 from alps_hf.errors import ConfigError
 from alps_hf.geo.geotiff import validate_bands
 from alps_hf.geo.windows import MIN_TILE_SIZE, validate_tiling
+from alps_hf.sam.generator import GROUP_MASKS, GROUP_SCALE, MaskGeneratorConfig
 
 # Window side used for GeoTIFF-family scenes when --tile-size is not given.
 DEFAULT_TILE_SIZE = 1024
@@ -23,20 +25,21 @@ NORMALIZATIONS = ("l2", "none")
 # The headings `alps-hf label --help` lists the flags under (cli.py reads each field's `group`).
 _INPUTS = "inputs"
 _SAM = "SAM"
-_MASKS = "mask generation"
+_MASKS = GROUP_MASKS
 _CLUSTERING = "clustering"
 _OUTPUT = "output"
-_SCALE = "scale"
+_SCALE = GROUP_SCALE
 
 
-def _check_fraction(name: str, value: float, flag: str) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name}={value} is outside [0, 1]; pass a value between 0 and 1 with {flag}")
+# Field metadata of a setting that shapes pass 1 (what SAM sees, how the work is cut into shards): part of
+# the resume fingerprint, with the generator settings (alps_hf.labeling.pipeline.pass1_fields).
+PASS1 = {"pass1": True}
 
 
 @dataclass
-class LabelConfig:
-    """Everything `alps-hf label` needs: inputs, SAM, mask generation, clustering, output."""
+class LabelConfig(MaskGeneratorConfig):
+    """Everything `alps-hf label` needs: inputs, SAM, clustering, output, plus the inherited mask-generation
+    settings of `MaskGeneratorConfig` (declared there once)."""
 
     # The order of the headings in `--help` (each field names its own in `group`).
     flag_groups: ClassVar[tuple[str, ...]] = (_INPUTS, _SAM, _MASKS, _CLUSTERING, _OUTPUT, _SCALE)
@@ -47,10 +50,10 @@ class LabelConfig:
         "Hub-layout dataset folder, or a Hub dataset id (with --split / --image-column).", group=_INPUTS,
     )
     output: str = arg(None, "Output folder (written in Hub dataset layout). Required.", group=_OUTPUT)
-    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder.", group=_SAM)
-    sam_revision: str | None = arg(None, "Hub revision (branch, tag or commit) of --sam.", group=_SAM)
-    split: str = arg("train", "Split to read when the input is a dataset; also the split name of the output.", group=_INPUTS)
-    image_column: str = arg("image", "Image column when the input is a dataset.", group=_INPUTS)
+    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder.", metadata=PASS1, group=_SAM)
+    sam_revision: str | None = arg(None, "Hub revision (branch, tag or commit) of --sam.", metadata=PASS1, group=_SAM)
+    split: str = arg("train", "Split to read when the input is a dataset; also the split name of the output.", metadata=PASS1, group=_INPUTS)
+    image_column: str = arg("image", "Image column when the input is a dataset.", metadata=PASS1, group=_INPUTS)
     num_clusters: int = arg(46, "K, the number of pseudo-classes (2..255; ALPS uses 46).", group=_CLUSTERING)
     clusters: str | None = arg(
         None,
@@ -68,24 +71,11 @@ class LabelConfig:
         3, "Passes of online K-means over the streamed mask features (more passes, steadier centroids).", group=_CLUSTERING
     )
     seed: int = arg(0, "Seed of K-means (the only random part of labeling).", group=_CLUSTERING)
-    points_per_side: int = arg(32, "Point grid per side: N x N point prompts per image (and per crop).", group=_MASKS)
-    points_per_batch: int = arg(64, "Prompts run through the mask decoder at once.", group=_SCALE)
-    pred_iou_thresh: float = arg(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).", group=_MASKS)
-    stability_score_thresh: float = arg(0.95, "Keep masks whose stability score is at least this.", group=_MASKS)
-    stability_score_offset: float = arg(1.0, "Logit offset used to compute the stability score.", group=_MASKS)
-    mask_threshold: float = arg(0.0, "Logit threshold that binarises masks.", group=_MASKS)
-    box_nms_thresh: float = arg(0.7, "Box IoU above which the lower-scoring of two masks is dropped.", group=_MASKS)
-    crop_n_layers: int = arg(0, "Extra crop layers (layer i runs on 2**i x 2**i crops); 0 = whole image only.", group=_MASKS)
-    crop_nms_thresh: float = arg(0.7, "Box IoU for NMS between masks of different crops.", group=_MASKS)
-    crop_overlap_ratio: float = arg(512 / 1500, "Overlap of neighbouring crops as a fraction of the short side (segment-anything's 512 / 1500).", group=_MASKS)
-    crop_n_points_downscale_factor: int = arg(1, "Points per side divided by this on each crop layer.", group=_MASKS)
-    max_area_fraction: float = arg(0.3, "ALPS gate: drop masks covering more than this fraction of the image.", group=_MASKS)
-    min_area: int = arg(0, "Drop masks smaller than this many pixels of the original image.", group=_MASKS)
     max_mask_side: int = arg(
         4096,
         "Masks are made at most this many pixels on their long side; larger images are labeled at that size and "
         "the maps scaled up (nearest) to the original size. SAM itself resizes every image to its processor's "
-        "input size (1024 px for facebook/sam-vit-*); this bounds the size of the masks and maps only.", group=_MASKS,
+        "input size (1024 px for facebook/sam-vit-*); this bounds the size of the masks and maps only.", metadata=PASS1, group=_MASKS,
     )
     tile_size: int | None = arg(
         None,
@@ -93,13 +83,13 @@ class LabelConfig:
         "(source `<scene>#window=x0,y0,x1,y1`, coordinates in `meta`); masks cut by a window edge are resolved "
         "by the centre-ownership seam rule (README). GeoTIFF / TIFF / VRT / JP2 scenes are always read by "
         f"window (at {DEFAULT_TILE_SIZE} px when this is not given) with the geo extra installed. "
-        f"{MIN_TILE_SIZE}..--max-mask-side.", group=_INPUTS,
+        f"{MIN_TILE_SIZE}..--max-mask-side.", metadata=PASS1, group=_INPUTS,
     )
-    tile_overlap: int = arg(128, "Overlap of neighbouring windows in pixels (0 <= overlap < tile size).", group=_INPUTS)
+    tile_overlap: int = arg(128, "Overlap of neighbouring windows in pixels (0 <= overlap < tile size).", metadata=PASS1, group=_INPUTS)
     bands: list[int] | None = arg(
         None,
         "GeoTIFF bands to read, 1-based: one (grey) or three in R G B order, e.g. --bands 4 3 2. Default: the "
-        "bands described as red, green, blue, else 1 2 3.", group=_INPUTS,
+        "bands described as red, green, blue, else 1 2 3.", metadata=PASS1, group=_INPUTS,
     )
     stitch: bool = arg(
         False,
@@ -107,7 +97,7 @@ class LabelConfig:
         "scene's CRS and transform for rasterio-read scenes, PNG otherwise) and an index.json.", group=_OUTPUT,
     )
     image_batch_size: int = arg(4, "Images encoded together by the SAM image encoder.", group=_SCALE)
-    shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).", group=_SCALE)
+    shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).", metadata=PASS1, group=_SCALE)
     max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).", group=_OUTPUT)
     num_workers: int = arg(2, "Threads that decode images ahead of SAM.", group=_SCALE)
     device: str | None = arg(None, "Torch device (default: the Accelerate device, cuda when available).", group=_SAM)
@@ -128,26 +118,20 @@ class LabelConfig:
             raise ConfigError("no input given; pass a folder, image files or a dataset, e.g. `alps-hf label ./tiles`")
         if not self.output:
             raise ConfigError("--output is required: the folder the dataset is written to")
-        if self.clusters is None and not 2 <= self.num_clusters <= 255:
+        if self.clusters is None and not 2 <= self.num_clusters <= IGNORE_INDEX:
             raise ConfigError(
-                f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..255 (labels are 8-bit, 255 = no mask)"
+                f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..{IGNORE_INDEX} (labels are 8-bit, {IGNORE_INDEX} = no mask)"
             )
         if self.feature_normalization not in NORMALIZATIONS:
             raise ConfigError(
                 f"--feature-normalization {self.feature_normalization!r} is unknown; choose one of {NORMALIZATIONS}"
             )
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
-                     "max_area_fraction", "crop_overlap_ratio"):
-            _check_fraction(name, getattr(self, name), "--" + name.replace("_", "-"))
-        positive = ("points_per_side", "points_per_batch", "image_batch_size", "shard_size", "kmeans_batch_size",
-                    "kmeans_passes", "max_mask_side", "crop_n_points_downscale_factor", "preview_images")
-        for name in positive:
-            if getattr(self, name) < (0 if name == "preview_images" else 1):
+        super().__post_init__()  # the mask-generation settings
+        for name in ("image_batch_size", "shard_size", "kmeans_batch_size", "kmeans_passes", "max_mask_side"):
+            if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
-        if self.crop_n_layers < 0 or self.min_area < 0 or self.num_workers < 0:
-            raise ConfigError("--crop-n-layers, --min-area and --num-workers must be >= 0")
-        if self.stability_score_offset <= 0:
-            raise ConfigError(f"--stability-score-offset {self.stability_score_offset} must be > 0")
+        if self.preview_images < 0 or self.num_workers < 0:
+            raise ConfigError("--preview-images and --num-workers must be >= 0")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"--dtype {self.dtype!r} is unknown; choose auto, float32, bfloat16 or float16")
         if self.resume and self.overwrite:
@@ -185,8 +169,8 @@ class ReclusterConfig:
     def __post_init__(self) -> None:
         if not self.folder:
             raise ConfigError("give the labeled folder: `alps-hf recluster ./pseudo --num-clusters 20`")
-        if self.num_clusters is None or not 2 <= self.num_clusters <= 255:
-            raise ConfigError(f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..255")
+        if self.num_clusters is None or not 2 <= self.num_clusters <= IGNORE_INDEX:
+            raise ConfigError(f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..{IGNORE_INDEX}")
         if self.feature_normalization is not None and self.feature_normalization not in NORMALIZATIONS:
             raise ConfigError(
                 f"--feature-normalization {self.feature_normalization!r} is unknown; choose one of {NORMALIZATIONS}"

@@ -10,6 +10,7 @@ is identical to a one-process run because K-means reads the features in input or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -54,16 +55,11 @@ from alps_hf.sam.features import mask_features
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
 from alps_hf.sam.segment_map import paint_segments
 
-PASS1_FIELDS = ("sam", "sam_revision", "split", "image_column", "points_per_side", "pred_iou_thresh",
-                "stability_score_thresh", "stability_score_offset", "mask_threshold", "box_nms_thresh",
-                "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
-                "max_area_fraction", "min_area", "max_mask_side", "shard_size", "tile_size", "tile_overlap", "bands")
 
-
-def generator_config(cfg: LabelConfig) -> MaskGeneratorConfig:
-    """The MaskGeneratorConfig part of a LabelConfig (the mask-generation flags of `alps-hf label`)."""
-    fields = MaskGeneratorConfig.__dataclass_fields__
-    return MaskGeneratorConfig(**{k: getattr(cfg, k) for k in fields if hasattr(cfg, k)})
+def pass1_fields() -> tuple[str, ...]:
+    """The LabelConfig fields that shape pass 1, i.e. the resume fingerprint: every setting declared with
+    `pass1` metadata (the mask-generation settings of MaskGeneratorConfig, SAM, inputs, tiling, shards)."""
+    return tuple(f.name for f in dataclasses.fields(LabelConfig) if f.metadata.get("pass1"))
 
 
 # ---- model loading, checked before any weights are read -------------------------------------------------
@@ -255,7 +251,7 @@ def load_pass1_runner(cfg: LabelConfig, work: WorkDir, shards: list[int], device
     """
     if all(work.is_done(shard) for shard in shards):
         return None
-    generator = MaskGenerator.from_pretrained(cfg.sam, generator_config(cfg), revision=cfg.sam_revision,
+    generator = MaskGenerator.from_pretrained(cfg.sam, MaskGeneratorConfig.settings_of(cfg), revision=cfg.sam_revision,
                                               device=device, dtype=resolve_dtype(cfg.dtype, device))
     return Pass1Runner(generator, cfg)
 
@@ -449,7 +445,7 @@ def run_label(cfg: LabelConfig) -> int:
     state.wait_for_everyone()
     work = WorkDir(output / "work")
     sources = [it.source for it in inputs.items]
-    fingerprint = {**{k: getattr(cfg, k) for k in PASS1_FIELDS}, "num_inputs": len(sources),
+    fingerprint = {**{k: getattr(cfg, k) for k in pass1_fields()}, "num_inputs": len(sources),
                    "inputs_sha256": input_fingerprint(sources)}
     if cfg.resume:
         work.check_manifest(fingerprint)
@@ -521,7 +517,7 @@ def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0) -> di
     Returns:
         A JSON-ready dict; the run adds the stats, splits and seconds.
     """
-    gen = asdict(generator_config(cfg))
+    gen = asdict(MaskGeneratorConfig.settings_of(cfg))
     gen.pop("upsample_chunk", None)
     return {"alps_hf_version": __version__, "sam_model": cfg.sam, "sam_revision": cfg.sam_revision,
             "seed": cfg.seed, "source": description, "license": cfg.license, "pretty_name": cfg.pretty_name,

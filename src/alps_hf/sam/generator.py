@@ -15,6 +15,7 @@ Nothing here assumes 1024 px or a 64x64 embedding: sizes come from the model con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alps_hf.config_utils import arg
+from alps_hf.errors import ConfigError
 from alps_hf.sam import amg
 from alps_hf.sam.masks import MaskSet
 
@@ -36,24 +39,67 @@ _STABILITY_SLACK = 0.15
 _AREA_SLACK = 0.02
 
 
+# `--help` headings of the generator flags (alps_hf.cli groups flags by each field's `group`).
+GROUP_MASKS = "mask generation"
+GROUP_SCALE = "scale"
+
+
+def _setting(default, help: str, group: str = GROUP_MASKS, pass1: bool = True):
+    # pass1=False: the setting changes speed or memory, never the masks, so it is not part of the resume
+    # fingerprint (alps_hf.labeling.pipeline.pass1_fields).
+    return arg(default, help, group=group, metadata={"pass1": pass1})
+
+
 @dataclass
 class MaskGeneratorConfig:
-    """Settings of automatic mask generation (defaults: segment-anything's generator + ALPS gate)."""
+    """Settings of automatic mask generation, declared once with their help text and checks.
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    mask_threshold: float = 0.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    max_area_fraction: float = 0.3
-    min_area: int = 0
-    upsample_chunk: int = 8
+    Defaults are segment-anything's `SamAutomaticMaskGenerator` plus the ALPS area gate. `alps-hf label`'s
+    `LabelConfig` inherits these fields, so each is a flag (`--points-per-side`), the card lists them
+    (`alps_hf.hub.cards.generator_keys`) and the resume fingerprint includes them, all from here.
+    """
+
+    points_per_side: int = _setting(32, "Point grid per side: N x N point prompts per image (and per crop).")
+    points_per_batch: int = _setting(64, "Prompts run through the mask decoder at once.", GROUP_SCALE, pass1=False)
+    pred_iou_thresh: float = _setting(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).")
+    stability_score_thresh: float = _setting(0.95, "Keep masks whose stability score is at least this.")
+    stability_score_offset: float = _setting(1.0, "Logit offset used to compute the stability score.")
+    mask_threshold: float = _setting(0.0, "Logit threshold that binarises masks.")
+    box_nms_thresh: float = _setting(0.7, "Box IoU above which the lower-scoring of two masks is dropped.")
+    crop_n_layers: int = _setting(0, "Extra crop layers (layer i runs on 2**i x 2**i crops); 0 = whole image only.")
+    crop_nms_thresh: float = _setting(0.7, "Box IoU for NMS between masks of different crops.")
+    crop_overlap_ratio: float = _setting(
+        512 / 1500, "Overlap of neighbouring crops as a fraction of the short side (segment-anything's 512 / 1500)."
+    )
+    crop_n_points_downscale_factor: int = _setting(1, "Points per side divided by this on each crop layer.")
+    max_area_fraction: float = _setting(0.3, "ALPS gate: drop masks covering more than this fraction of the image.")
+    min_area: int = _setting(0, "Drop masks smaller than this many pixels of the original image.")
+    upsample_chunk: int = _setting(
+        8, "Masks upsampled to full resolution at once (memory vs. speed).", GROUP_SCALE, pass1=False
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
+                     "max_area_fraction", "crop_overlap_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}={value} is outside [0, 1]; pass a value between 0 and 1 with {_flag(name)}")
+        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor", "upsample_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} {getattr(self, name)} must be a positive integer")
+        if self.crop_n_layers < 0 or self.min_area < 0:
+            raise ConfigError("--crop-n-layers and --min-area must be >= 0")
+        if self.stability_score_offset <= 0:
+            raise ConfigError(f"--stability-score-offset {self.stability_score_offset} must be > 0")
+
+    @classmethod
+    def settings_of(cls, config) -> MaskGeneratorConfig:
+        """The generator settings of `config` (e.g. a `LabelConfig`, which inherits them) as this class."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
