@@ -421,3 +421,18 @@ def test_no_masks_found_says_which_thresholds_to_loosen(three_dir, tiny_sam_dir,
     assert "the mask filters kept 0 mask(s) in 3 image(s), too few for any --num-clusters" in line
     assert "--pred-iou-thresh (now 1.0)" in line and "--stability-score-thresh (now 0.0)" in line
     assert "--overwrite" in line and "smaller --num-clusters" not in line and "--resume" not in line
+
+
+def test_training_model_references_say_why_too(tmp_path, capsys):
+    """The siblings of --sam: evaluate --model and finetune --init."""
+    from train_helpers import write_dataset
+
+    data = write_dataset(tmp_path / "data", k=3)
+    capsys.readouterr()
+    missing = str(tmp_path / "no-model")
+    line = one_line_error(capsys, ["evaluate", "--model", missing, "--dataset", str(data)])
+    assert line.startswith(f"alps-hf evaluate: error: --model {missing!r}: folder not found")
+    line = one_line_error(capsys, ["finetune", "--dataset", str(data), "--output", str(tmp_path / "ft"),
+                                   "--init", "nvidia/segformer-b0-finetuned-ade-512-512"])
+    assert "--init 'nvidia/segformer-b0-finetuned-ade-512-512' cannot be reached (HF_HUB_OFFLINE is set)" in line
+    assert not (tmp_path / "ft").exists()

@@ -117,9 +117,13 @@ def read_checkpoint_config(source: str, flag: str):
     try:
         config = AutoConfig.from_pretrained(source)
     except Exception as err:  # noqa: BLE001 - many failure types (missing, offline, malformed)
+        from alps_hf.hub.references import unloadable_reason
+
+        # Folder not found, offline and not cached, not on the Hub: each has its own fix (issue 12 point 9).
+        reason = unloadable_reason(flag, source, err, example="nvidia/segformer-b0-finetuned-ade-512-512")
         raise CheckpointError(
-            f"{flag} {source!r}: cannot read a model config there ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            f"give an alps_hf output folder, a SegFormer / Mask2Former checkpoint id, or a named model: {', '.join(KNOWN_MODELS)}"
+            f"{reason}. It must be an alps_hf output folder, a SegFormer / Mask2Former checkpoint, or a named "
+            f"model: {', '.join(KNOWN_MODELS)}"
         ) from None
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
