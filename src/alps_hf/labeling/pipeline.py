@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from alps_hf import __version__
 from alps_hf.config_utils import atomic_write_text, config_to_dict, save_config
-from alps_hf.errors import AlpsError, ConfigError, InputError
+from alps_hf.errors import AlpsError, ClusterModelError, ConfigError, InputError
 from alps_hf.geo.seams import resolve_seams
 from alps_hf.geo.windows import Window, window_from_meta
 from alps_hf.labeling.clustering import ClusterModel, fit_online_kmeans
@@ -421,41 +421,67 @@ def process_state(device: str | None):
     return state
 
 
+def given_cluster_model(cfg: LabelConfig, sam_config) -> ClusterModel | None:
+    """The cluster model of `--clusters`, checked against the SAM's feature size; None without the flag.
+
+    Raises:
+        ClusterModelError: the centroids have another dimension than the SAM's features.
+    """
+    if not cfg.clusters:
+        return None
+    given = ClusterModel.load(cfg.clusters)
+    if given.feature_dim != sam_config.vision_config.output_channels:
+        raise ClusterModelError(
+            f"--clusters {cfg.clusters} has {given.feature_dim}-d centroids but --sam {cfg.sam} gives "
+            f"{sam_config.vision_config.output_channels}-d features; use a cluster model made with the same SAM"
+        )
+    return given
+
+
+def start_work_folder(state, work: WorkDir, cfg: LabelConfig, sources: list[str], num_shards: int) -> None:
+    """Check (on --resume) and write the manifest and label_config.json; every process waits for it.
+
+    Raises:
+        ConfigError: on --resume, when the inputs or a pass-1 setting changed since the run started.
+    """
+    fingerprint = {**{k: getattr(cfg, k) for k in pass1_fields()}, "num_inputs": len(sources),
+                   "inputs_sha256": input_fingerprint(sources)}
+    if cfg.resume:
+        work.check_manifest(fingerprint)
+    if state.is_main_process:
+        if cfg.resume:  # temporaries of the killed run; main process only, before anyone writes again
+            work.clean_temporaries()
+        work.write_manifest({"fingerprint": fingerprint, "num_shards": num_shards, "alps_hf_version": __version__})
+        save_config(cfg, work.root.parent / "label_config.json", alps_hf_version=__version__)
+    state.wait_for_everyone()
+
+
+def shared_clusters(state, work: WorkDir, num_shards: int, cfg: LabelConfig,
+                    given: ClusterModel | None = None) -> ClusterModel:
+    """K-means on the main process (or the `given` model), saved to the work folder, loaded by every process.
+
+    label and recluster both end pass 1 this way, so all processes paint with the same centroids.
+    """
+    if state.is_main_process:
+        (given or fit_clusters(work, num_shards, cfg)).save(work.root)
+    state.wait_for_everyone()
+    return ClusterModel.load(work.root)
+
+
 def run_label(cfg: LabelConfig) -> int:
     """`alps-hf label`: see the module docstring. Returns the exit code (0)."""
     output = Path(cfg.output)
     ensure_empty_or_resumable(output, cfg.resume, cfg.overwrite)
     tiling = Tiling(cfg.tile_size, cfg.window_size, cfg.tile_overlap, cfg.bands)
     inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column, exclude=output, tiling=tiling)
-    sam_config = load_sam_config(cfg.sam, cfg.sam_revision)
-    given_clusters = None
-    if cfg.clusters:
-        given_clusters = ClusterModel.load(cfg.clusters)
-        if given_clusters.feature_dim != sam_config.vision_config.output_channels:
-            from alps_hf.errors import ClusterModelError
-
-            raise ClusterModelError(
-                f"--clusters {cfg.clusters} has {given_clusters.feature_dim}-d centroids but --sam {cfg.sam} gives "
-                f"{sam_config.vision_config.output_channels}-d features; use a cluster model made with the same SAM"
-            )
-
+    given_clusters = given_cluster_model(cfg, load_sam_config(cfg.sam, cfg.sam_revision))
     state = process_state(cfg.device)
     if cfg.overwrite and output.exists() and state.is_main_process:
         shutil.rmtree(output)
     state.wait_for_everyone()
     work = WorkDir(output / "work")
-    sources = [it.source for it in inputs.items]
-    fingerprint = {**{k: getattr(cfg, k) for k in pass1_fields()}, "num_inputs": len(sources),
-                   "inputs_sha256": input_fingerprint(sources)}
-    if cfg.resume:
-        work.check_manifest(fingerprint)
     ranges = shard_ranges(len(inputs.items), cfg.shard_size)
-    if state.is_main_process:
-        if cfg.resume:  # temporaries of the killed run; main process only, before anyone writes again
-            work.clean_temporaries()
-        work.write_manifest({"fingerprint": fingerprint, "num_shards": len(ranges), "alps_hf_version": __version__})
-        save_config(cfg, output / "label_config.json", alps_hf_version=__version__)
-    state.wait_for_everyone()
+    start_work_folder(state, work, cfg, [it.source for it in inputs.items], len(ranges))
 
     t_start = time.perf_counter()
     device = torch.device(cfg.device) if cfg.device else state.device
@@ -469,11 +495,7 @@ def run_label(cfg: LabelConfig) -> int:
     state.wait_for_everyone()
     t_pass1 = time.perf_counter()
 
-    if state.is_main_process:
-        clusters = given_clusters or fit_clusters(work, len(ranges), cfg)
-        clusters.save(work.root)
-    state.wait_for_everyone()
-    clusters = ClusterModel.load(work.root)
+    clusters = shared_clusters(state, work, len(ranges), cfg, given_clusters)
     t_kmeans = time.perf_counter()
     names = run_pass2(state, output, work, len(ranges), clusters, cfg.split, cfg.max_shard_bytes)
     t_pass2 = time.perf_counter()
@@ -575,10 +597,7 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     t0 = time.perf_counter()
     if state.is_main_process:
         work.clean_temporaries()
-        clusters = fit_clusters(work, num_shards, label_cfg)
-        clusters.save(work.root)
-    state.wait_for_everyone()
-    clusters = ClusterModel.load(work.root)
+    clusters = shared_clusters(state, work, num_shards, label_cfg)
     t1 = time.perf_counter()
     names = run_pass2(state, output, work, num_shards, clusters, label_cfg.split, label_cfg.max_shard_bytes)
     t2 = time.perf_counter()
