@@ -51,6 +51,7 @@ def match_rate(a: torch.Tensor, b: torch.Tensor, thresh: float = 0.95) -> float:
     return float((best >= thresh).float().mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crop", [(0, 512), (40, 470)], ids=["square", "non-square"])
 def test_fast_path_matches_reference(toy_sam_dir, scenes_dir, crop):
     from transformers import SamModel

@@ -102,18 +102,21 @@ def assert_same_as_one_process(out: Path, ref: Path) -> None:
     assert_same_result(out, ref, INPUTS, 3, shards)
 
 
+@pytest.mark.slow
 def test_one_process_run_is_one_writer(one_process):
     check_dataset(one_process, 3, INPUTS)
     pass1, pass2 = writers(one_process)
     assert len(set(pass1)) == 1 and pass2 == pass1
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_work(two_processes):
     out, done = two_processes
     assert_split_over_two_processes(out, done.stdout)
     check_dataset(out, 3, INPUTS)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(two_processes, one_process):
     out, _ = two_processes
     assert_same_as_one_process(out, one_process)

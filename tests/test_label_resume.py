@@ -192,6 +192,7 @@ def test_reference_run_is_a_complete_dataset(reference):
     assert done_shards(reference) == list(range(NUM_IMAGES))
 
 
+@pytest.mark.slow
 def test_killed_runs_stopped_where_intended(kill_and_resume):
     """The state each kill left (so a kill that came too late is seen, not silently counted)."""
     states = {name: kill_and_resume(name)[0] for name in POINTS}

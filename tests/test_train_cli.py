@@ -133,6 +133,7 @@ def test_resumed_run_ends_with_the_same_weights(pseudo, tmp_path):
     np.testing.assert_allclose([h["loss"] for h in ha], [h["loss"] for h in hb], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_through_accelerate_launch(pseudo, tmp_path):
     out = tmp_path / "dist"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
