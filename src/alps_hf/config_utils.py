@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 #: Field metadata read by alps_hf itself, never passed on to argparse: the `--help` heading, and whether a
 #: labeling setting shapes pass 1 (the resume fingerprint).
 CONFIG_ONLY_METADATA = ("group", "pass1")

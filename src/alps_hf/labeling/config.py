@@ -38,8 +38,10 @@ PASS1 = {"pass1": True}
 
 @dataclass
 class LabelConfig(MaskGeneratorConfig):
-    """Everything `alps-hf label` needs: inputs, SAM, clustering, output, plus the inherited mask-generation
-    settings of `MaskGeneratorConfig` (declared there once)."""
+    """Everything `alps-hf label` needs: inputs, SAM, clustering, output, and the mask-generation settings.
+
+    The mask-generation settings are inherited from `MaskGeneratorConfig`, where they are declared once.
+    """
 
     # The order of the headings in `--help` (each field names its own in `group`).
     flag_groups: ClassVar[tuple[str, ...]] = (_INPUTS, _SAM, _MASKS, _CLUSTERING, _OUTPUT, _SCALE)

@@ -57,8 +57,11 @@ from alps_hf.sam.segment_map import paint_segments
 
 
 def pass1_fields() -> tuple[str, ...]:
-    """The LabelConfig fields that shape pass 1, i.e. the resume fingerprint: every setting declared with
-    `pass1` metadata (the mask-generation settings of MaskGeneratorConfig, SAM, inputs, tiling, shards)."""
+    """The LabelConfig fields that shape pass 1, i.e. the keys of the resume fingerprint.
+
+    Every setting declared with `pass1` metadata: the mask-generation settings of MaskGeneratorConfig, the
+    SAM, the input, tiling and shard settings.
+    """
     return tuple(f.name for f in dataclasses.fields(LabelConfig) if f.metadata.get("pass1"))
 
 
