@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from alps_hf.core import atomic_write_text  # noqa: F401  (re-exported: older imports keep working)
+
 #: Field metadata read by alps_hf itself, never passed on to argparse: the `--help` heading, and whether a
 #: labeling setting shapes pass 1 (the resume fingerprint).
 CONFIG_ONLY_METADATA = ("group", "pass1")
@@ -41,14 +43,6 @@ def config_to_dict(config) -> dict[str, Any]:
         value = getattr(config, f.name)
         out[f.name] = str(value) if isinstance(value, Path) else value
     return out
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to `path` through a temporary name and a rename, so no half-written file exists."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_config(config, path: str | os.PathLike, **extra: Any) -> None:

@@ -35,8 +35,6 @@ from alps_hf.geo.geotiff import GDAL_CACHE_BYTES, rasterio_module
 from alps_hf.geo.readers import uses_rasterio
 from alps_hf.geo.windows import Window, plan_windows
 
-NO_LABEL = IGNORE_INDEX
-
 
 def label_raster_suffix(scene_path: str | os.PathLike) -> str:
     """The suffix of a scene's stitched label raster.
@@ -82,7 +80,7 @@ class _PngStore:
         self._tmp = tmp
         self._raw = tmp.with_suffix(".raw")
         self._array = np.memmap(self._raw, dtype=np.uint8, mode="w+", shape=(height, width))
-        self._array[:] = NO_LABEL
+        self._array[:] = IGNORE_INDEX
 
     def read(self, w: Window) -> np.ndarray:
         return np.array(self._array[w.y0 : w.y1, w.x0 : w.x1])
@@ -117,7 +115,7 @@ class _GeoTiffStore:
             "height": height,
             "count": 1,
             "dtype": "uint8",
-            "nodata": NO_LABEL,
+            "nodata": IGNORE_INDEX,
             "tiled": True,
             "blockxsize": 256,
             "blockysize": 256,
@@ -247,10 +245,10 @@ class Stitcher:
         in_core = np.zeros(label.shape, dtype=bool)
         cx0, cy0, cx1, cy1 = w.core_local()
         in_core[cy0:cy1, cx0:cx1] = True
-        has = label != NO_LABEL
+        has = label != IGNORE_INDEX
         # Core: this window's masks win, and core pixels without a mask here keep a neighbour's
         # spill (rule 2) or stay 255. Outside the core: only fill what nobody labeled yet.
-        take = np.where(in_core, has, has & (current == NO_LABEL))
+        take = np.where(in_core, has, has & (current == IGNORE_INDEX))
         self.added.add(bounds)
         self._store.write(w, np.where(take, label, current).astype(np.uint8))
 

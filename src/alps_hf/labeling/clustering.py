@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alps_hf.config_utils import atomic_write_text
+from alps_hf.core import atomic_path, atomic_write_text
 from alps_hf.errors import ClusterModelError, ConfigError
 
 FORMAT = "alps_hf.cluster_model"
@@ -83,10 +83,9 @@ class ClusterModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights, meta = folder / f"{FILE_STEM}.safetensors", folder / f"{FILE_STEM}.json"
-        tmp = folder / f".{FILE_STEM}.safetensors.tmp-{os.getpid()}"
-        save_file({"centroids": np.ascontiguousarray(self.centroids, dtype=np.float32)}, str(tmp),
-                  metadata={"format": FORMAT})
-        os.replace(tmp, weights)
+        with atomic_path(weights) as tmp:
+            save_file({"centroids": np.ascontiguousarray(self.centroids, dtype=np.float32)}, str(tmp),
+                      metadata={"format": FORMAT})
         info = {"format": FORMAT, "format_version": FORMAT_VERSION, "num_clusters": self.num_clusters,
                 "feature_dim": self.feature_dim, "normalization": self.normalization, **self.metadata}
         atomic_write_text(meta, json.dumps(info, indent=2, sort_keys=True) + "\n")

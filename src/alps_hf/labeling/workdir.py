@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alps_hf.config_utils import atomic_write_text
+from alps_hf.core import atomic_path, atomic_write_text
 from alps_hf.errors import ConfigError
 from alps_hf.labeling.record import Pass1Record, pass1_schema
 
@@ -130,10 +130,9 @@ class WorkDir:
         self.pass1.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([r.to_row() for r in records], schema=pass1_schema())
         path = self.shard_path(shard)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+            size = tmp.stat().st_size
         marker = {**summary, "bytes": size, "pid": os.getpid()}
         atomic_write_text(self.done_path(shard), json.dumps(marker, sort_keys=True) + "\n")
 
