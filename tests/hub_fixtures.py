@@ -57,6 +57,7 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
                 "segment_area": [64, 64],
                 "segment_iou": [0.9 + 0.01 * i, 0.95],
                 "segment_stability": [0.96, 0.97],
+                "segment_kind": ["object", "object"],
                 "source": f"tile_{i:03d}.png",
                 "meta": json.dumps({"size": [16, 16]}),
             }

@@ -50,6 +50,7 @@ def test_dataset_card_yaml(dataset_folder, tmp_path):
         "segment_area",
         "segment_iou",
         "segment_stability",
+        "segment_kind",
         "source",
         "meta",
     ]

@@ -414,7 +414,8 @@ def test_stage_seconds_only_with_verbose_and_a_finished_resume_loads_no_sam(thre
 
 def test_no_masks_found_says_which_thresholds_to_loosen(three_dir, tiny_sam_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    strict = [*LOOSE, "--pred-iou-thresh", "1.0"]  # no predicted IoU exceeds 1: the filters keep nothing
+    # No predicted IoU exceeds 1: the filters keep nothing (and without fill nothing else makes segments).
+    strict = [*LOOSE, "--pred-iou-thresh", "1.0", "--no-fill"]
     code, _, err = run(capsys, ["label", str(three_dir), "--output", str(out), "--sam", str(tiny_sam_dir), *strict])
     assert code == 2 and "Traceback" not in err
     (line,) = [x for x in err.splitlines() if "error" in x]  # the rest are progress bars

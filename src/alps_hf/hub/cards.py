@@ -310,6 +310,8 @@ _COLUMNS = {
     "segment_area": ("list of int", "pixel count of each segment"),
     "segment_iou": ("list of float", "SAM's predicted IoU of each segment"),
     "segment_stability": ("list of float", "stability score of each segment"),
+    "segment_kind": ("list of string", "`object`, `stuff` (mask over the area gate) or `fill` (pixels no mask "
+                     "covered) for each segment"),
     "source": ("string", "where the image came from (path, dataset id and index, tile window)"),
     "meta": (
         "string (JSON)",

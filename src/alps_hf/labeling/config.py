@@ -7,7 +7,7 @@ The resolved config is written next to the output as `label_config.json`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from alps_hf.config_utils import arg
@@ -45,6 +45,10 @@ class LabelConfig(MaskGeneratorConfig):
 
     # The order of the headings in `--help` (each field names its own in `group`).
     flag_groups: ClassVar[tuple[str, ...]] = (_INPUTS, _SAM, _MASKS, _CLUSTERING, _OUTPUT, _SCALE)
+
+    # `alps-hf label` defaults to dense pseudo-labels; the bare generator keeps segment-anything's behaviour.
+    # Same help text and metadata as the generator's field, only the default differs.
+    preset: str = field(default="dense", metadata=MaskGeneratorConfig.__dataclass_fields__["preset"].metadata)
 
     inputs: list[str] = arg(
         [],
@@ -166,6 +170,10 @@ class ReclusterConfig:
     seed: int | None = arg(None, "K-means seed (default: the one of the original run).", group=_CLUSTERING)
     feature_normalization: str | None = arg(None, "Override the feature normalisation ('l2' or 'none').", group=_CLUSTERING)
     kmeans_passes: int | None = arg(None, "Override the number of online K-means passes.", group=_CLUSTERING)
+    fill: bool | None = arg(
+        None, "Label maps with (--fill) or without (--no-fill: 255 there) the fill segments of pass 1 (default: as "
+        "the original run; --fill needs a run labeled with fill).", group=_OUTPUT,
+    )
     verbose: bool = arg(False, "Also print the seconds of each stage.", group=_OUTPUT)
 
     def __post_init__(self) -> None:

@@ -52,8 +52,10 @@ from alps_hf.labeling.writer import (
     write_preview,
 )
 from alps_hf.sam.features import mask_features
-from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
-from alps_hf.sam.segment_map import paint_segments
+from alps_hf.sam.fill import add_fill_segments
+from alps_hf.sam.generator import GeneratedMasks, MaskGenerator, MaskGeneratorConfig
+from alps_hf.sam.masks import MaskSet
+from alps_hf.sam.segment_map import FILL, MAX_SEGMENTS, SegmentMap, mask_kinds, paint_segments
 
 
 def pass1_fields() -> tuple[str, ...]:
@@ -195,15 +197,16 @@ class Pass1Runner:
             t1 = time.perf_counter()
             valid_t = None if valid is None else torch.as_tensor(valid, device=masks.masks.device)
             seg = paint_segments(masks, valid_t)
-            segments = seg.segments.cpu().numpy().astype(np.uint16)
+            segments, feats, kinds, n_fill = self._dense_segments(seg, masks, feats, out, valid)
             h, w = loaded.rgb.shape[:2]
             work_size = _work_image_size((h, w), self.cfg.max_mask_side)
             if segments.shape != work_size:  # a generator bug, never to be papered over by resizing
                 raise SegmentMapSizeError(f"segment map is {segments.shape}, expected {work_size} for a {w}x{h} image")
             if work_size != (h, w):  # labeled below --max-mask-side: maps back to the original size
                 segments = _nearest_resize(segments, h, w)
-            area = np.bincount(segments.ravel(), minlength=len(seg.mask_index) + 1)[1:]
-            idx = seg.mask_index
+            area = np.bincount(segments.ravel(), minlength=len(kinds) + 1)[1:]
+            # Fill segments have no SAM prediction: IoU and stability 0.
+            no_score = torch.zeros(n_fill, dtype=torch.float32)
             t2 = time.perf_counter()
             records.append(Pass1Record(
                 index=index, source=item.source,
@@ -211,9 +214,10 @@ class Pass1Runner:
                 meta=json.dumps(loaded.meta, sort_keys=True),
                 segments_png=encode_png(segments),
                 segment_area=area.astype(np.int64).tolist(),
-                segment_iou=masks.iou_scores[idx].cpu().float().tolist(),
-                segment_stability=masks.stability[idx].cpu().float().tolist(),
-                features=feats[idx].cpu().numpy().astype(np.float16).tobytes(),
+                segment_iou=torch.cat([masks.iou_scores[seg.mask_index].cpu().float(), no_score]).tolist(),
+                segment_stability=torch.cat([masks.stability[seg.mask_index].cpu().float(), no_score]).tolist(),
+                segment_kind=kinds,
+                features=feats.cpu().numpy().astype(np.float16).tobytes(),
                 feature_dim=int(feats.shape[1]),
             ))
             self.timings["seams"] += t0 - t_seam
@@ -221,6 +225,29 @@ class Pass1Runner:
             self.timings["painting"] += t2 - t1
             self.timings["writing"] += time.perf_counter() - t2
         return records
+
+    def _dense_segments(self, seg: SegmentMap, masks: MaskSet, feats: torch.Tensor, out: GeneratedMasks,
+                        valid: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor, list[str], int]:
+        """The uint16 segment map, features and kinds of the visible masks, plus fill segments with --fill.
+
+        Returns:
+            (segments, features, kinds, n_fill): features and kinds have one row per segment id 1..n in order.
+        """
+        cfg = self.cfg
+        segments = seg.segments.cpu().numpy()
+        image_area = int(segments.shape[0] * segments.shape[1])
+        kinds = mask_kinds(masks.areas[seg.mask_index], image_area, cfg.max_area_fraction)
+        feats = feats[seg.mask_index]
+        n_fill = 0
+        if cfg.fill:
+            segments, fill_feats = add_fill_segments(segments, len(kinds), out.embedding, out.frame,
+                                                     cell=cfg.fill_cell, min_area=cfg.fill_min_area, valid=valid)
+            n_fill = int(fill_feats.shape[0])
+            feats = torch.cat([feats, fill_feats.to(feats.device, feats.dtype)])
+            kinds = kinds + [FILL] * n_fill
+        if len(kinds) > MAX_SEGMENTS:  # uint16 maps; fill pieces of one image never come near this
+            raise ValueError(f"{len(kinds)} segments do not fit a 16-bit segment map; raise --fill-min-area or --fill-cell")
+        return segments.astype(np.uint16), feats, kinds, n_fill
 
     def label_batch(self, batch: list[tuple[int, ImageItem, LoadedImage]]) -> list[Pass1Record]:
         """Records for a batch; an image that breaks SAM is retried alone and, failing, recorded as failed."""
@@ -339,7 +366,7 @@ def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig) -> ClusterMod
 
 
 def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, split: str,
-              max_shard_bytes: int) -> list[Path]:
+              max_shard_bytes: int, fill: bool = True) -> list[Path]:
     """Pass 2: the pass-1 shards labeled with the fitted clusters and written as the dataset's parquet shards.
 
     Each process writes its contiguous share of output shards; every process waits for the others, then
@@ -353,6 +380,7 @@ def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: Clu
         clusters: the fitted cluster model.
         split: the split name in the shard file names (`--split`).
         max_shard_bytes: the largest group of pass-1 bytes in one output shard (`--max-shard-bytes`).
+        fill: paint fill segments with their class (False: 255 there; `--fill` / `--no-fill`).
 
     Returns:
         The paths of every output shard of the split, in order (those of other processes included).
@@ -363,7 +391,7 @@ def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: Clu
     mine = split_for_process(len(groups), state.process_index, state.num_processes)
     work.pass2.mkdir(parents=True, exist_ok=True)
     for g in tqdm(mine, desc="pass 2: label maps", unit="shard", disable=not state.is_local_main_process):
-        stats = write_group(work, groups[g], clusters, names[g])
+        stats = write_group(work, groups[g], clusters, names[g], fill)
         atomic_write_text(work.pass2 / f"group-{g:05d}.json", json.dumps(stats) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
@@ -500,7 +528,7 @@ def run_label(cfg: LabelConfig) -> int:
 
     clusters = shared_clusters(state, work, len(ranges), cfg, given_clusters)
     t_kmeans = time.perf_counter()
-    names = run_pass2(state, output, work, len(ranges), clusters, cfg.split, cfg.max_shard_bytes)
+    names = run_pass2(state, output, work, len(ranges), clusters, cfg.split, cfg.max_shard_bytes, cfg.fill)
     t_pass2 = time.perf_counter()
     if not state.is_main_process:
         return 0
@@ -590,9 +618,16 @@ def run_recluster(cfg: ReclusterConfig) -> int:
                          "finish it with `alps-hf label ... --resume` first")
     saved = json.loads(config_path.read_text(encoding="utf-8"))
     saved.pop("alps_hf_version", None)
+    saved.setdefault("preset", "alps-paper")  # runs from before presets: no stuff, no fill
     label_cfg = LabelConfig(**{k: v for k, v in saved.items() if k in LabelConfig.__dataclass_fields__})
     label_cfg.num_clusters = cfg.num_clusters
     label_cfg.clusters = None
+    # What pass 1 made is in the manifest (label_config.json records the last label maps' choice).
+    if cfg.fill and not manifest["fingerprint"].get("fill"):
+        raise ConfigError(f"--fill: {output} was labeled without fill segments (pass 1 made none); label it again "
+                          "with `alps-hf label ... --fill`, or recluster without --fill")
+    if cfg.fill is not None:
+        label_cfg.fill = cfg.fill
     for name in ("seed", "feature_normalization", "kmeans_passes"):
         if getattr(cfg, name) is not None:
             setattr(label_cfg, name, getattr(cfg, name))
@@ -602,7 +637,8 @@ def run_recluster(cfg: ReclusterConfig) -> int:
         work.clean_temporaries()
     clusters = shared_clusters(state, work, num_shards, label_cfg)
     t1 = time.perf_counter()
-    names = run_pass2(state, output, work, num_shards, clusters, label_cfg.split, label_cfg.max_shard_bytes)
+    names = run_pass2(state, output, work, num_shards, clusters, label_cfg.split, label_cfg.max_shard_bytes,
+                      label_cfg.fill)
     t2 = time.perf_counter()
     if not state.is_main_process:
         return 0

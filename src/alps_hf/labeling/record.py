@@ -32,6 +32,7 @@ class Pass1Record:
     segment_area: list[int] | None = _column(pa.list_(pa.int64()), "visible pixels of each segment")
     segment_iou: list[float] | None = _column(pa.list_(pa.float32()), "SAM's predicted IoU of each segment")
     segment_stability: list[float] | None = _column(pa.list_(pa.float32()), "stability score of each segment")
+    segment_kind: list[str] | None = _column(pa.list_(pa.string()), "object, stuff or fill: what each segment is")
     features: bytes | None = _column(pa.binary(), "float16 (n_segments, feature_dim) mask features, C order")
     feature_dim: int | None = _column(pa.int32(), "length of one mask feature")
 

@@ -21,7 +21,7 @@ from PIL import Image
 from alps_hf.config_utils import atomic_write_text
 from alps_hf.labeling.clustering import ClusterModel
 from alps_hf.labeling.workdir import WorkDir
-from alps_hf.sam.segment_map import IGNORE_LABEL, paint_labels
+from alps_hf.sam.segment_map import FILL, IGNORE_LABEL, paint_labels
 
 
 def dataset_features():
@@ -37,6 +37,7 @@ def dataset_features():
         "segment_area": List(Value("int64")),
         "segment_iou": List(Value("float32")),
         "segment_stability": List(Value("float32")),
+        "segment_kind": List(Value("string")),
         "source": Value("string"),
         "meta": Value("string"),
     })
@@ -89,13 +90,15 @@ def shard_file_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
-def label_rows(table, clusters: ClusterModel, stats: dict) -> dict[str, list]:
+def label_rows(table, clusters: ClusterModel, stats: dict, fill: bool = True) -> dict[str, list]:
     """Final dataset columns for the labeled rows of one pass-1 table; updates `stats` in place.
 
     Args:
         table: one pass-1 shard (the work shard schema); failed rows are skipped.
         clusters: the fitted cluster model that gives each segment its class.
         stats: running totals from `new_stats`, increased by this table's pixels and masks.
+        fill: paint fill segments with their class; False paints them 255 (label maps without fill; the
+            segments, their classes and kinds stay in the row).
 
     Returns:
         Column name -> values, in `dataset_features()` order, one value per labeled row.
@@ -110,7 +113,10 @@ def label_rows(table, clusters: ClusterModel, stats: dict) -> dict[str, list]:
         feats = np.frombuffer(data["features"][i] or b"", dtype=np.float16).reshape(-1, dim)
         segment_class = clusters.predict(feats.astype(np.float32)) if len(feats) else np.zeros(0, np.int64)
         segments = decode_png(data["segments_png"][i])
-        label = paint_labels(segments, segment_class)
+        # Work folders written before segment kinds existed hold SAM masks only.
+        kinds = (data["segment_kind"][i] if "segment_kind" in data else None) or ["object"] * len(segment_class)
+        hidden = None if fill else np.asarray([kind == FILL for kind in kinds], dtype=bool)
+        label = paint_labels(segments, segment_class, hidden)
         hist = np.bincount(label.ravel(), minlength=256)
         stats["class_pixel_histogram"] += hist[:k]
         stats["labeled_pixels"] += int(hist[:k].sum())
@@ -124,6 +130,7 @@ def label_rows(table, clusters: ClusterModel, stats: dict) -> dict[str, list]:
         cols["segment_area"].append(data["segment_area"][i])
         cols["segment_iou"].append(data["segment_iou"][i])
         cols["segment_stability"].append(data["segment_stability"][i])
+        cols["segment_kind"].append(kinds)
         cols["source"].append(data["source"][i])
         cols["meta"].append(data["meta"][i] or "{}")
     return cols
@@ -135,7 +142,7 @@ def new_stats(k: int) -> dict:
             "labeled_pixels": 0, "pixels": 0, "masks_per_image": []}
 
 
-def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: Path) -> dict:
+def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: Path, fill: bool = True) -> dict:
     """Write one output shard from the pass-1 shards in `group`; return its stats (JSON-ready).
 
     Args:
@@ -143,6 +150,7 @@ def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: P
         group: the pass-1 shard indices that make up this output shard (from `group_shards`).
         clusters: the fitted cluster model.
         path: where the parquet shard goes; written to a temporary name, then renamed.
+        fill: label fill segments (see `label_rows`).
 
     Returns:
         This shard's totals as JSON-ready lists and ints, plus the writer's pid, for `merge_stats`.
@@ -156,7 +164,7 @@ def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: P
     writer = None
     try:
         for shard in group:
-            cols = label_rows(work.read_shard(shard), clusters, stats)
+            cols = label_rows(work.read_shard(shard), clusters, stats, fill)
             table = Dataset.from_dict(cols, features=features).data.table
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)

@@ -165,3 +165,26 @@ def fill_segments(segments: np.ndarray, num_segments: int, frame: EmbeddingFrame
     segments, pieces, m = merge_small_pieces(segments.astype(np.int64), pieces, n, min_area, valid)
     out = np.where(pieces > 0, pieces + num_segments, segments)
     return out, pieces, m
+
+
+def add_fill_segments(segments: np.ndarray, num_segments: int, embedding: torch.Tensor, frame: EmbeddingFrame, *,
+                      cell: int, min_area: int, valid: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """`fill_segments` plus the fill segments' features: what pass 1 appends after the painted masks.
+
+    Args:
+        segments: (H, W) painted segment map at the frame's original size.
+        num_segments: number of painted segments.
+        embedding: (C, E, E) SAM embedding of the image.
+        frame: where the image sits in the SAM input frame.
+        cell: block side in embedding cells (0 = whole regions).
+        min_area: pieces with fewer pixels merge into their nearest neighbour.
+        valid: optional (H, W) bool of pixels with data.
+
+    Returns:
+        (segments, features): the segment map with fill ids num_segments+1.., and their (m, C) features.
+    """
+    out, pieces, m = fill_segments(segments, num_segments, frame, embedding.shape[-1], cell=cell,
+                                   min_area=min_area, valid=valid)
+    if m == 0:
+        return out, embedding.new_zeros((0, embedding.shape[0]), dtype=torch.float32)
+    return out, piece_features(torch.as_tensor(pieces), m, embedding, frame)

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from alps_hf.config_utils import arg
 from alps_hf.errors import ConfigError
 from alps_hf.sam import amg
+from alps_hf.sam.cleanup import postprocess_small_regions
+from alps_hf.sam.densify import densify_points, limit_points, round_sides
 from alps_hf.sam.masks import MaskSet
 
 # Low-resolution pre-filter slack: a mask is upsampled when its low-res stability / area is within
@@ -59,7 +61,16 @@ class MaskGeneratorConfig:
     (`alps_hf.hub.cards.generator_keys`) and the resume fingerprint includes them, all from here.
     """
 
-    points_per_side: int = _setting(32, "Point grid per side: N x N point prompts per image (and per crop).")
+    preset: str = _setting(
+        "alps-paper",
+        "Where the settings left unset come from: 'dense' (stuff kept beneath objects, fill segments, a 16x16 grid "
+        "plus 2 densify rounds; pseudo-labels that cover the scene, README 'Dense pseudo-labels') or 'alps-paper' "
+        "(the paper: large masks dropped, no fill, plain 32x32 grid). A flag given explicitly always wins.",
+        pass1=False,  # its effect is in the settings it resolves, which are in the fingerprint
+    )
+    points_per_side: int | None = _setting(
+        None, "Point grid per side: N x N point prompts per image (and per crop). Default: the preset's (dense 16, "
+        "alps-paper 32).")
     points_per_batch: int = _setting(64, "Prompts run through the mask decoder at once.", GROUP_SCALE, pass1=False)
     pred_iou_thresh: float = _setting(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).")
     stability_score_thresh: float = _setting(0.95, "Keep masks whose stability score is at least this.")
@@ -72,13 +83,39 @@ class MaskGeneratorConfig:
         512 / 1500, "Overlap of neighbouring crops as a fraction of the short side (segment-anything's 512 / 1500)."
     )
     crop_n_points_downscale_factor: int = _setting(1, "Points per side divided by this on each crop layer.")
-    max_area_fraction: float = _setting(0.3, "ALPS gate: drop masks covering more than this fraction of the image.")
+    max_area_fraction: float = _setting(
+        0.3, "ALPS gate: masks covering more than this fraction of the image are 'stuff' (see --large-masks).")
+    large_masks: str | None = _setting(
+        None, "What happens to masks over --max-area-fraction: 'stuff' keeps them as segments painted beneath the "
+        "objects (land, water, fields), 'drop' discards them (the ALPS paper). Default: the preset's (dense stuff, "
+        "alps-paper drop).")
+    densify_rounds: int | None = _setting(
+        None, "Prompt rounds after the first grid, each on a grid twice as fine, with points only in cells the kept "
+        "masks leave mostly uncovered (whole image only, not crop layers); 0 = the plain grid. Default: the "
+        "preset's (dense 2, alps-paper 0).")
+    densify_budget: int = _setting(
+        512, "Most point prompts per image over the first grid and all densify rounds (the 32x32 grid is 1024).")
+    densify_min_uncovered: float = _setting(
+        0.5, "Least uncovered share of a densify cell for its centre to be prompted, in (0, 1].")
+    min_mask_region_area: int | None = _setting(
+        None, "segment-anything's cleanup: fill holes and remove islands smaller than this many pixels in every "
+        "mask, then NMS again (0 = off). Default: the preset's (0 for both).")
+    fill: bool | None = _setting(
+        None, "Give the pixels no mask covers fill segments with features pooled from the same SAM embedding, so "
+        "every pixel gets a pseudo-class (kind 'fill' in segment_kind). Default: the preset's (dense on, "
+        "alps-paper off).")
+    fill_cell: int = _setting(
+        2, "Fill regions are cut into blocks of this many SAM embedding cells per side (1 = one block per cell, "
+        "16 px for a 1024-px SAM on a 1024-px image; 0 = whole connected regions).")
+    fill_min_area: int = _setting(
+        128, "Fill pieces with fewer pixels join their nearest segment instead of becoming segments.")
     min_area: int = _setting(0, "Drop masks smaller than this many pixels of the original image.")
     upsample_chunk: int = _setting(
         8, "Masks upsampled to full resolution at once (memory vs. speed).", GROUP_SCALE, pass1=False
     )
 
     def __post_init__(self) -> None:
+        self._apply_preset()
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
                      "max_area_fraction", "crop_overlap_ratio"):
             value = getattr(self, name)
@@ -91,6 +128,32 @@ class MaskGeneratorConfig:
             raise ConfigError("--crop-n-layers and --min-area must be >= 0")
         if self.stability_score_offset <= 0:
             raise ConfigError(f"--stability-score-offset {self.stability_score_offset} must be > 0")
+        self._check_dense()
+
+    def _apply_preset(self) -> None:
+        """Fill the fields left None with the preset's values (explicit values are kept)."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def _check_dense(self) -> None:
+        """Checks of the stuff / densify / cleanup / fill settings (before any model loads)."""
+        if self.large_masks not in LARGE_MASKS:
+            raise ConfigError(f"--large-masks {self.large_masks!r} is unknown; choose one of {', '.join(LARGE_MASKS)}")
+        for name in ("densify_rounds", "min_mask_region_area", "fill_cell", "fill_min_area"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} {getattr(self, name)} is negative; pass 0 (off) or a positive number")
+        if not 0.0 < self.densify_min_uncovered <= 1.0:
+            raise ConfigError(f"--densify-min-uncovered {self.densify_min_uncovered} is outside (0, 1]; pass e.g. 0.5")
+        first = self.points_per_side ** 2
+        if self.densify_rounds > 0 and self.densify_budget <= first:
+            raise ConfigError(
+                f"--densify-budget {self.densify_budget} leaves no prompt for --densify-rounds {self.densify_rounds}: "
+                f"the first grid alone is {first} prompts (--points-per-side {self.points_per_side}); raise "
+                f"--densify-budget above {first} or pass --densify-rounds 0"
+            )
 
     @classmethod
     def settings_of(cls, config) -> MaskGeneratorConfig:
@@ -100,6 +163,20 @@ class MaskGeneratorConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+#: What happens to masks over the area gate (see MaskGeneratorConfig.large_masks).
+LARGE_MASKS = ("stuff", "drop")
+
+#: The values of the preset-managed settings (those whose default is None). `alps-paper` is today's
+#: segment-anything + ALPS behaviour; `dense` is the measured best on the synthetic scenes (README,
+#: "Dense pseudo-labels").
+PRESETS: dict[str, dict[str, object]] = {
+    "dense": {"points_per_side": 16, "large_masks": "stuff", "densify_rounds": 2, "min_mask_region_area": 0,
+              "fill": True},
+    "alps-paper": {"points_per_side": 32, "large_masks": "drop", "densify_rounds": 0, "min_mask_region_area": 0,
+                   "fill": False},
+}
 
 
 @dataclass
@@ -265,8 +342,12 @@ class MaskGenerator:
             keep &= stab >= cfg.stability_score_thresh - _STABILITY_SLACK
         area = (valid > cfg.mask_threshold).sum(dim=(-1, -2))
         keep &= area > 0
-        keep &= area.float() / float(vh * vw) * crop_share <= cfg.max_area_fraction + _AREA_SLACK
+        keep &= area.float() / float(vh * vw) * crop_share <= self._area_gate() + _AREA_SLACK
         return keep
+
+    def _area_gate(self) -> float:
+        """The largest area fraction a mask may have: the ALPS gate, or none when large masks are kept as stuff."""
+        return 1.0 if self.config.large_masks == "stuff" else self.config.max_area_fraction
 
     def _upsample_and_check(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size) -> MaskSet:
         """Upsample survivors in chunks (as SamProcessor.post_process_masks) and apply exact filters."""
@@ -289,7 +370,7 @@ class MaskGenerator:
                 keep = areas > 0
                 if cfg.stability_score_thresh > 0:
                     keep &= stab >= cfg.stability_score_thresh
-                keep &= areas.float() / float(orig_size[0] * orig_size[1]) <= cfg.max_area_fraction
+                keep &= areas.float() / float(orig_size[0] * orig_size[1]) <= self._area_gate()
                 if cfg.min_area > 0:
                     keep &= areas >= cfg.min_area
                 masks, areas = masks[keep], areas[keep]
@@ -302,6 +383,30 @@ class MaskGenerator:
                     sel_iou, sel_stab, sel_pts = sel_iou[~near], sel_stab[~near], sel_pts[~near]
             parts.append(MaskSet(masks, boxes, sel_iou, sel_stab, areas.to(torch.int64), sel_pts))
         return MaskSet.cat(parts)
+
+    def _densify(self, embedding: torch.Tensor, frame: EmbeddingFrame, masks: MaskSet, prompts: int) -> MaskSet:
+        """Further prompt rounds where the kept masks leave the image uncovered (sam/densify.py).
+
+        Each round prompts the cells of a grid twice as fine that are mostly uncovered, adds the new
+        masks and runs box NMS over all of them, until the rounds or the prompt budget run out.
+        """
+        cfg = self.config
+        h, w = frame.original
+        box = [0, 0, w, h]
+        for side in round_sides(cfg.points_per_side, cfg.densify_rounds):
+            with self._timed("densify"):
+                covered = masks.masks.any(dim=0).cpu().numpy() if len(masks) else np.zeros((h, w), dtype=bool)
+                points = limit_points(densify_points(~covered, side, cfg.densify_min_uncovered),
+                                      cfg.densify_budget - prompts)
+            if len(points) == 0:
+                break
+            prompts += len(points)
+            new = self._process_crop(embedding, frame, box, (h, w), points)
+            if len(new):
+                masks = MaskSet.cat([masks, new])
+                with self._timed("nms"):
+                    masks = masks.filter(amg.nms(masks.boxes, masks.iou_scores, cfg.box_nms_thresh))
+        return masks
 
     # ---- whole images --------------------------------------------------------------------------
     def generate(self, images: list[np.ndarray]) -> list[GeneratedMasks]:
@@ -326,6 +431,8 @@ class MaskGenerator:
                     crop_emb, crop_frames = self.embed([np.ascontiguousarray(image[y0:y1, x0:x1])])
                     crop_embedding, crop_frame = crop_emb[0], crop_frames[0]
                 data = self._process_crop(crop_embedding, crop_frame, crop_box, (h, w), grids[layer])
+                if layer == 0 and cfg.densify_rounds > 0:
+                    data = self._densify(embedding, frame, data, len(grids[0]))
                 if layer > 0:
                     data = MaskSet(
                         masks=amg.uncrop_masks(data.masks, crop_box, h, w),
@@ -342,6 +449,9 @@ class MaskGenerator:
                         for d, b in per_crop
                     ])
                     masks = masks.filter(amg.nms(masks.boxes, 1.0 / crop_area, cfg.crop_nms_thresh))
+            if cfg.min_mask_region_area > 0:  # after crops are merged, as segment-anything does
+                with self._timed("cleanup"):
+                    masks = postprocess_small_regions(masks, cfg.min_mask_region_area, cfg.box_nms_thresh)
             results.append(GeneratedMasks(masks, embedding.float(), frame))
         return results
 

@@ -17,6 +17,27 @@ from alps_hf.sam.masks import MaskSet
 IGNORE_LABEL = 255
 MAX_SEGMENTS = 65535  # segment maps are uint16
 
+#: What a segment is (the `segment_kind` column): a SAM mask within the area gate, a SAM mask over it
+#: (land, water, fields: painted beneath the objects, since paint order is by area), or a fill segment
+#: made of pixels no mask covered (sam/fill.py).
+OBJECT, STUFF, FILL = "object", "stuff", "fill"
+SEGMENT_KINDS = (OBJECT, STUFF, FILL)
+
+
+def mask_kinds(areas: torch.Tensor, image_area: int, max_area_fraction: float) -> list[str]:
+    """`stuff` for masks covering more than `max_area_fraction` of `image_area` pixels, else `object`.
+
+    Args:
+        areas: (N,) mask pixel counts.
+        image_area: pixels of the image (or window) the masks were made for.
+        max_area_fraction: the ALPS area gate.
+
+    Returns:
+        One kind per mask, in the masks' order.
+    """
+    over = (areas.detach().cpu().double() / max(int(image_area), 1)) > max_area_fraction
+    return [STUFF if o else OBJECT for o in over.tolist()]
+
 
 @dataclass
 class SegmentMap:
@@ -78,8 +99,20 @@ def paint_segments(masks: MaskSet, valid: torch.Tensor | None = None, chunk: int
     )
 
 
-def paint_labels(segments: np.ndarray, segment_class: np.ndarray) -> np.ndarray:
-    """uint8 label map `lut[segments]`: segment k gets segment_class[k-1]; 0 (no mask) gets 255."""
+def paint_labels(segments: np.ndarray, segment_class: np.ndarray, hidden: np.ndarray | None = None) -> np.ndarray:
+    """uint8 label map `lut[segments]`: segment k gets segment_class[k-1]; 0 (no mask) gets 255.
+
+    Args:
+        segments: (H, W) segment map.
+        segment_class: cluster id of each segment.
+        hidden: optional bool per segment; True paints the segment as 255 (e.g. fill segments of a label
+            map made without fill).
+
+    Returns:
+        The (H, W) uint8 label map.
+    """
     lut = np.full(len(segment_class) + 1, IGNORE_LABEL, dtype=np.uint8)
     lut[1:] = np.asarray(segment_class, dtype=np.uint8)
+    if hidden is not None:
+        lut[1:][np.asarray(hidden, dtype=bool)] = IGNORE_LABEL
     return lut[segments]
