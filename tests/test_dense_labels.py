@@ -193,3 +193,30 @@ def test_dense_default_on_all_shared_scenes(tmp_path, toy_sam_dir, scenes_dir):
     quality = _quality(out, scenes_dir, 10)
     assert quality["coverage"] > 0.99
     assert quality["many_to_one"]["mean_iou"] > 0.45
+
+
+def test_dense_settings_are_part_of_the_resume_fingerprint(tmp_path, tiny_sam_dir, no_sam, capsys):
+    from sam_fixtures import blocks_image, write_png
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        write_png(folder / f"img_{i}.png", blocks_image(i, 40, 48))
+    out = tmp_path / "out"
+    # A finished run's manifest, written by start_work_folder; then a resume that changes the fill settings.
+    work = out / "work"
+    work.mkdir(parents=True)
+    from alps_hf.labeling.pipeline import pass1_fields
+    from alps_hf.labeling.workdir import WorkDir, input_fingerprint
+
+    cfg = LabelConfig(inputs=[str(folder)], output=str(out), sam=str(tiny_sam_dir))
+    sources = sorted(str(p) for p in folder.iterdir())
+    WorkDir(work).write_manifest({"fingerprint": {**{k: getattr(cfg, k) for k in pass1_fields()},
+                                                  "num_inputs": 2, "inputs_sha256": input_fingerprint(sources)},
+                                  "num_shards": 1})
+    for flags, change in ((["--no-fill"], "fill: True -> False"), (["--fill-min-area", "64"], "fill_min_area: 128 -> 64"),
+                          (["--large-masks", "drop"], "large_masks: 'stuff' -> 'drop'")):
+        err = run_error(capsys, ["label", str(folder), "--output", str(out), "--sam", str(tiny_sam_dir), *flags,
+                                 "--resume"])
+        assert "cannot --resume" in err and change in err, err
+    assert no_sam == []  # refused before SAM loads
