@@ -102,6 +102,46 @@ def test_recluster_changes_k_without_sam(labeled, tmp_path, no_sam, capsys):
     assert label_bytes(folder) == label_bytes(labeled)
 
 
+def test_recluster_output_leaves_the_source_folder_untouched(labeled, tmp_path, no_sam, capsys):
+    source = tmp_path / "source"
+    shutil.copytree(labeled, source)
+    before = {p.relative_to(source): p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()}
+    new = tmp_path / "k2"
+    assert main(["recluster", str(source), "--num-clusters", "2", "--output", str(new)]) == 0
+    assert f"wrote {new}" in capsys.readouterr().out
+    after = {p.relative_to(source): p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()}
+    assert after == before  # not one byte of the source changed
+    raw = check_dataset(new, 2, [r["source"] for r in rows(source)])
+    assert all(c < 2 for r in raw for c in r["segment_class"])
+    assert [r["segments"]["bytes"] for r in raw] == [r["segments"]["bytes"] for r in rows(source)]
+    assert json.loads((new / "label_config.json").read_text())["num_clusters"] == 2
+    info = json.loads((new / "alps_dataset.json").read_text())
+    assert info["reclustered_from"] == "source" and info["num_clusters"] == 2
+    # the new folder is a run of its own: reclustering it back to K = 3 gives the original labels
+    assert main(["recluster", str(new), "--num-clusters", "3"]) == 0
+    assert label_bytes(new) == label_bytes(labeled)
+    # an existing --output is refused without --overwrite, replaced with it
+    err = run_error(capsys, ["recluster", str(source), "--num-clusters", "2", "--output", str(new)])
+    assert "already exists and is not empty" in err and "--overwrite" in err
+    assert main(["recluster", str(source), "--num-clusters", "2", "--output", str(new), "--overwrite"]) == 0
+    assert json.loads((new / "label_config.json").read_text())["num_clusters"] == 2
+
+
+def test_recluster_output_inside_the_source_and_overwrite_without_output(labeled, tmp_path, no_sam, capsys):
+    err = run_error(capsys, ["recluster", str(labeled), "--num-clusters", "2", "--output", str(labeled / "k2")])
+    assert "is inside" in err and not (labeled / "k2").exists()
+    err = run_error(capsys, ["recluster", str(labeled), "--num-clusters", "2", "--overwrite"])
+    assert "--overwrite needs --output" in err
+
+
+def test_default_shard_size_cuts_a_small_run_into_batches(blocks_dir, tmp_path, tiny_sam_dir):
+    out = tmp_path / "auto"
+    assert label(blocks_dir, out, tiny_sam_dir, "--num-clusters", "3", "--image-batch-size", "1", *TINY) == 0
+    done = sorted(p.name for p in (out / "work" / "pass1").glob("*.done"))
+    assert done == [f"shard-{i:05d}.done" for i in range(4)]  # 4 images: 4 one-image shards, not one
+    assert json.loads((out / "label_config.json").read_text())["shard_size"] is None
+
+
 def test_resume_after_finished_run_labels_nothing_again(labeled, tmp_path, tiny_sam_dir, blocks_dir,
                                                         count_generated):
     folder = tmp_path / "copy"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from alps_hf.labeling.workdir import WorkDir
+from alps_hf.labeling.workdir import WorkDir, shard_ranges
 from label_helpers import TINY, assert_same_result, check_dataset, label
 from sam_fixtures import blocks_image, write_png
 
@@ -314,3 +314,15 @@ def test_clean_temporaries_removes_only_temporaries(tmp_path):
     assert all((out / name).is_file() for name in keep)
     assert (out / "work" / "pass2.tmp-fifo-not-hidden").exists()
     assert WorkDir(tmp_path / "absent" / "work").clean_temporaries() == []
+
+
+@pytest.mark.parametrize(("items", "batch", "size"), [
+    (96, 1, 1), (96, 4, 4), (1, 4, 4), (0, 1, 1), (1000, 4, 12), (1000, 1, 10), (25_600, 1, 256),
+    (10**6, 1, 256), (10**6, 3, 255), (10**6, 300, 300),
+])
+def test_auto_shard_size(items, batch, size):
+    from alps_hf.labeling.workdir import auto_shard_size
+
+    assert auto_shard_size(items, batch) == size
+    if items >= 100 and batch == 1 and size < 256:
+        assert len(shard_ranges(items, size)) == 100  # about TARGET_SHARDS shards

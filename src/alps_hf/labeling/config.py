@@ -15,6 +15,7 @@ from alps_hf.core import IGNORE_INDEX
 from alps_hf.errors import ConfigError
 from alps_hf.geo.geotiff import validate_bands
 from alps_hf.geo.windows import MIN_TILE_SIZE, validate_tiling
+from alps_hf.labeling.workdir import MAX_AUTO_SHARD_SIZE, TARGET_SHARDS
 from alps_hf.sam.generator import GROUP_MASKS, GROUP_SCALE, MaskGeneratorConfig
 
 # Window side used for GeoTIFF-family scenes when --tile-size is not given.
@@ -103,7 +104,12 @@ class LabelConfig(MaskGeneratorConfig):
         "scene's CRS and transform for rasterio-read scenes, PNG otherwise) and an index.json.", group=_OUTPUT,
     )
     image_batch_size: int = arg(4, "Images encoded together by the SAM image encoder.", group=_SCALE)
-    shard_size: int = arg(256, "Images per work shard (the unit of progress, resume and multi-process split).", metadata=PASS1, group=_SCALE)
+    shard_size: int | None = arg(
+        None,
+        "Images per work shard (the unit of progress, resume and multi-process split). Default: about "
+        f"{TARGET_SHARDS} shards per run, so a killed run loses at most ~1 % of its work; a multiple of "
+        f"--image-batch-size, at most {MAX_AUTO_SHARD_SIZE}.", metadata=PASS1, group=_SCALE,
+    )
     max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).", group=_OUTPUT)
     num_workers: int = arg(2, "Threads that decode images ahead of SAM.", group=_SCALE)
     device: str | None = arg(None, "Torch device (default: the Accelerate device, cuda when available).", group=_SAM)
@@ -134,7 +140,7 @@ class LabelConfig(MaskGeneratorConfig):
             )
         super().__post_init__()  # the mask-generation settings
         for name in ("image_batch_size", "shard_size", "kmeans_batch_size", "kmeans_passes", "max_mask_side"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
         if self.preview_images < 0 or self.num_workers < 0:
             raise ConfigError("--preview-images and --num-workers must be >= 0")
@@ -167,6 +173,12 @@ class ReclusterConfig:
 
     folder: str = arg(None, "A folder written by `alps-hf label` (its work/ folder holds the features).", group=_INPUTS)
     num_clusters: int = arg(None, "The new K (2..255).", group=_CLUSTERING)
+    output: str | None = arg(
+        None, "Write the reclustered dataset to this new folder and leave FOLDER as it is (default: rewrite FOLDER "
+        "in place). The new folder gets its own work/ (pass-1 shards hard-linked where the file system allows, "
+        "else copied), so it can be reclustered again.", group=_OUTPUT,
+    )
+    overwrite: bool = arg(False, "With --output: delete an existing --output folder first.", group=_OUTPUT)
     seed: int | None = arg(None, "K-means seed (default: the one of the original run).", group=_CLUSTERING)
     feature_normalization: str | None = arg(None, "Override the feature normalisation ('l2' or 'none').", group=_CLUSTERING)
     kmeans_passes: int | None = arg(None, "Override the number of online K-means passes.", group=_CLUSTERING)
@@ -181,6 +193,8 @@ class ReclusterConfig:
             raise ConfigError("give the labeled folder: `alps-hf recluster ./pseudo --num-clusters 20`")
         if self.num_clusters is None or not 2 <= self.num_clusters <= IGNORE_INDEX:
             raise ConfigError(f"--num-clusters {self.num_clusters} is not allowed: K must be in 2..{IGNORE_INDEX}")
+        if self.overwrite and not self.output:
+            raise ConfigError("--overwrite needs --output: recluster rewrites FOLDER in place without it")
         if self.feature_normalization is not None and self.feature_normalization not in NORMALIZATIONS:
             raise ConfigError(
                 f"--feature-normalization {self.feature_normalization!r} is unknown; choose one of {NORMALIZATIONS}"

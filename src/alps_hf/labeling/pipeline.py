@@ -36,6 +36,8 @@ from alps_hf.labeling.inputs import ImageItem, LoadedImage, Tiling, resolve_inpu
 from alps_hf.labeling.record import Pass1Record
 from alps_hf.labeling.workdir import (
     WorkDir,
+    auto_shard_size,
+    copy_work_folder,
     ensure_empty_or_resumable,
     input_fingerprint,
     shard_ranges,
@@ -511,7 +513,7 @@ def run_label(cfg: LabelConfig) -> int:
         shutil.rmtree(output)
     state.wait_for_everyone()
     work = WorkDir(output / "work")
-    ranges = shard_ranges(len(inputs.items), cfg.shard_size)
+    ranges = shard_ranges(len(inputs.items), cfg.shard_size or auto_shard_size(len(inputs.items), cfg.image_batch_size))
     start_work_folder(state, work, cfg, [it.source for it in inputs.items], len(ranges))
 
     t_start = time.perf_counter()
@@ -603,18 +605,22 @@ def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: 
 
 
 def run_recluster(cfg: ReclusterConfig) -> int:
-    """`alps-hf recluster`: refit K-means on the stored features and rewrite the labels; SAM is not loaded."""
-    output = Path(cfg.folder)
-    work = WorkDir(output / "work")
+    """`alps-hf recluster`: refit K-means on the stored features and rewrite the labels; SAM is not loaded.
+
+    With `--output` the source folder is only read: its work folder and label_config.json are carried
+    to the new folder first, which is then reclustered in place.
+    """
+    source = Path(cfg.folder)
+    work = WorkDir(source / "work")
     manifest = work.read_manifest()
-    config_path = output / "label_config.json"
+    config_path = source / "label_config.json"
     if manifest is None or not config_path.is_file():
-        raise InputError(f"{output} is not a folder written by `alps-hf label` (no work/manifest.json or "
+        raise InputError(f"{source} is not a folder written by `alps-hf label` (no work/manifest.json or "
                          "label_config.json); recluster needs the work folder of the original run")
     num_shards = manifest["num_shards"]
     missing = [s for s in range(num_shards) if not work.is_done(s)]
     if missing:
-        raise InputError(f"{output}: pass 1 is unfinished ({len(missing)} of {num_shards} work shards missing); "
+        raise InputError(f"{source}: pass 1 is unfinished ({len(missing)} of {num_shards} work shards missing); "
                          "finish it with `alps-hf label ... --resume` first")
     saved = json.loads(config_path.read_text(encoding="utf-8"))
     saved.pop("alps_hf_version", None)
@@ -622,19 +628,35 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     label_cfg = LabelConfig(**{k: v for k, v in saved.items() if k in LabelConfig.__dataclass_fields__})
     label_cfg.num_clusters = cfg.num_clusters
     label_cfg.clusters = None
+    if cfg.output:
+        label_cfg.output = cfg.output
     # What pass 1 made is in the manifest (label_config.json records the last label maps' choice).
     if cfg.fill and not manifest["fingerprint"].get("fill"):
-        raise ConfigError(f"--fill: {output} was labeled without fill segments (pass 1 made none); label it again "
+        raise ConfigError(f"--fill: {source} was labeled without fill segments (pass 1 made none); label it again "
                           "with `alps-hf label ... --fill`, or recluster without --fill")
     if cfg.fill is not None:
         label_cfg.fill = cfg.fill
     for name in ("seed", "feature_normalization", "kmeans_passes"):
         if getattr(cfg, name) is not None:
             setattr(label_cfg, name, getattr(cfg, name))
+    output = Path(cfg.output) if cfg.output else source
+    separate = output.resolve() != source.resolve()
+    if separate:
+        if output.resolve().is_relative_to(source.resolve()) or source.resolve().is_relative_to(output.resolve()):
+            raise ConfigError(f"--output {output} is inside {source} (or holds it); choose a folder beside it")
+        ensure_empty_or_resumable(output, resume=False, overwrite=cfg.overwrite)
     state = process_state(None)
     t0 = time.perf_counter()
     if state.is_main_process:
-        work.clean_temporaries()
+        if separate:
+            if output.exists():
+                shutil.rmtree(output)
+            copy_work_folder(work, WorkDir(output / "work"), num_shards)
+            shutil.copy2(config_path, output / "label_config.json")
+        else:
+            work.clean_temporaries()
+    state.wait_for_everyone()
+    work, config_path = WorkDir(output / "work"), output / "label_config.json"
     clusters = shared_clusters(state, work, num_shards, label_cfg)
     t1 = time.perf_counter()
     names = run_pass2(state, output, work, num_shards, clusters, label_cfg.split, label_cfg.max_shard_bytes,
@@ -642,9 +664,11 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     t2 = time.perf_counter()
     if not state.is_main_process:
         return 0
-    previous = json.loads((output / "alps_dataset.json").read_text()) if (output / "alps_dataset.json").is_file() else {}
-    base = dataset_info_base(label_cfg, previous.get("source", str(output)),
+    previous = json.loads((source / "alps_dataset.json").read_text()) if (source / "alps_dataset.json").is_file() else {}
+    base = dataset_info_base(label_cfg, previous.get("source", str(source)),
                              (previous.get("tiling") or {}).get("scenes", 0))
+    if separate:
+        base["reclustered_from"] = source.name
     info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
     save_config(label_cfg, config_path, alps_hf_version=__version__)
     total = sum(work.shard_summary(s)["images"] for s in range(num_shards))

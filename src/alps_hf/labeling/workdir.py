@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,46 @@ class WorkDir:
                                       strict=True):
                 if err is None and blob:
                     yield np.frombuffer(blob, dtype=np.float16).reshape(-1, dim).astype(np.float32)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` as `target` (pass-1 files are never rewritten in place), else copy it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+def copy_work_folder(source: WorkDir, target: WorkDir, num_shards: int) -> None:
+    """A new work folder holding `source`'s manifest and finished pass-1 shards (for `recluster --output`).
+
+    Every write of a run replaces files through a rename, so a hard link never sees a later change of
+    its source: the two folders stay independent.
+    """
+    target.root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source.manifest_path, target.manifest_path)
+    for shard in range(num_shards):
+        link_or_copy(source.shard_path(shard), target.shard_path(shard))
+        shutil.copy2(source.done_path(shard), target.done_path(shard))
+
+
+# --shard-size default: about this many shards per run (a killed run loses at most ~1 % of its pass 1) ...
+TARGET_SHARDS = 100
+# ... with no more images per shard than this (a shard is also the unit of the multi-process split).
+MAX_AUTO_SHARD_SIZE = 256
+
+
+def auto_shard_size(num_items: int, image_batch_size: int) -> int:
+    """The --shard-size default: ~TARGET_SHARDS shards, a multiple of the encoder batch, <= MAX_AUTO_SHARD_SIZE.
+
+    A shard is what a killed run keeps, so a run of 96 images is 96 one-image shards (with batch 1)
+    rather than one shard that keeps nothing; a large run gets shards of MAX_AUTO_SHARD_SIZE images.
+    """
+    batch = max(1, image_batch_size)
+    size = -(-max(1, num_items) // TARGET_SHARDS)  # ceil
+    size = -(-size // batch) * batch  # whole encoder batches
+    return max(batch, min(size, max(batch, MAX_AUTO_SHARD_SIZE // batch * batch)))
 
 
 def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
