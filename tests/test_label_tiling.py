@@ -106,10 +106,23 @@ def test_one_row_per_window_in_input_order(tiled):
         assert meta["scene_size"] == list(window.scene_size)
         assert png(row["label"]).shape == png(row["image"]).shape[:2] == (window.height, window.width)
     info = json.loads((tiled["out"] / "alps_dataset.json").read_text())
+    readings = info["tiling"].pop("scene_readings")
     assert info["tiling"] == {"tile_size": TILE, "window_size": TILE, "tile_overlap": OVERLAP, "bands": [3, 2, 1],
                               "scenes": 3}
+    # the bands read and each band's 2..98 percentile stretch are recorded per GeoTIFF scene (issue 12.17)
+    rgb = np.asarray(Image.open(tiled["scene_5005"]).convert("RGB")).astype(np.float64)[:, NODATA_COLS:]
+    expected_stretch = [list(np.percentile(rgb[..., c] * 16 + 100, [2, 98])) for c in range(3)]  # --bands 3 2 1 = R G B
+    geo, nocrs = readings
+    assert (geo["scene"], geo["bands"], geo["band_names"], geo["dtype"]) == ("geo.tif", [3, 2, 1], ["", "", ""], "uint16")
+    assert np.allclose(geo["stretch"], expected_stretch)
+    # (--bands applies to every scene; GDAL names an RGB TIFF's bands by colour interpretation)
+    assert nocrs == {"scene": "nocrs.tif", "bands": [3, 2, 1], "band_names": ["blue", "green", "red"],
+                     "dtype": "uint8", "stretch": None}
     card = (tiled["out"] / "README.md").read_text()
     assert "3 scene(s) were cut into 256 x 256 px windows overlapping by 64 px" in card
+    lo, hi = expected_stretch[0]
+    assert f"| `geo.tif` | 3 2 1 | uint16 | {lo:.4g}..{hi:.4g}, " in card
+    assert "| `nocrs.tif` | 3 (blue) 2 (green) 1 (red) | uint8 | as stored (8-bit) |" in card
     # every input is a row or a failure; the GDAL sidecar is neither
     assert set(failures(tiled["out"])) == {"broken.tif"}
     assert "cannot be opened as a raster" in failures(tiled["out"])["broken.tif"]

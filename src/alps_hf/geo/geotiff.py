@@ -138,6 +138,17 @@ class GeoScene:
     transform: tuple[float, float, float, float, float, float] | None
     descriptions: tuple[str, ...]
 
+    def reading(self) -> dict[str, Any]:
+        """How the scene's pixels became RGB, for alps_dataset.json and the card.
+
+        Returns:
+            {"bands": the 1-based bands read, "band_names": their descriptions or colour names ("" when
+            none), "dtype": their data type, "stretch": per band [lo, hi] mapped to 0..255 (the
+            2..98 percentile rule), or None for uint8 bands used as they are}.
+        """
+        return {"bands": list(self.bands), "band_names": [self.descriptions[b - 1] for b in self.bands],
+                "dtype": self.dtype, "stretch": [list(pair) for pair in self.scale] if self.scale else None}
+
 
 def _band_names(src) -> list[str]:
     names = []

@@ -164,6 +164,7 @@ def scene_windows(
     overlap: int,
     bands: list[int] | None = None,
     cache: SceneCache | None = None,
+    readings: list[dict] | None = None,
 ) -> list[tuple[str, Callable[[], LoadedImage]]]:
     """One lazy loader per window of the scene at `path`, row-major.
 
@@ -180,6 +181,8 @@ def scene_windows(
         bands: 1-based band indices (1 or 3 of them) for rasterio formats; None = default choice.
             Only None or [1, 2, 3] for PIL formats, which are always RGB.
         cache: the decoded-scene cache of PIL formats (pass the run's one); None = one for this scene.
+        readings: when given, a rasterio scene appends how it is read (`GeoScene.reading()`: bands chosen,
+            their names, data type and per-band stretch) with its "scene" path.
 
     Returns:
         [(source, loader)]: `source` from `window_source`, `loader()` returns a `LoadedImage` and
@@ -195,6 +198,8 @@ def scene_windows(
     path = str(path)
     if uses_rasterio(path):
         scene = open_scene(path, bands=bands)
+        if readings is not None:
+            readings.append({"scene": path, **scene.reading()})
         windows = plan_windows(scene.width, scene.height, tile_size, overlap)
         return [(window_source(path, w), window_loader(scene, w)) for w in windows]
     if bands is not None and list(bands) != [1, 2, 3]:

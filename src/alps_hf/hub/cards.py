@@ -464,11 +464,26 @@ def _generator_rows(generator: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(key, _fmt(generator[key])) for key in keys]
 
 
+_MAX_READING_ROWS = 20  # scenes listed in the card's band / stretch table (all are in alps_dataset.json)
+
+
 def _tiling(tiling: Mapping[str, Any]) -> dict[str, Any] | None:
     """How large scenes were cut into windows, for the card (None when no scene was cut)."""
     if not tiling.get("window_size") or not tiling.get("scenes"):
         return None
-    return {key: tiling.get(key) for key in ("window_size", "tile_overlap", "scenes", "bands")}
+    readings = tiling.get("scene_readings") or []
+    rows = []
+    for r in readings[:_MAX_READING_ROWS]:
+        bands = r.get("bands") or []
+        names = r.get("band_names") or [""] * len(bands)
+        stretch = r.get("stretch")
+        rows.append({
+            "scene": r.get("scene", "?"), "dtype": r.get("dtype", "?"),
+            "bands": " ".join(f"{b} ({n})" if n else str(b) for b, n in zip(bands, names, strict=False)),
+            "stretch": ", ".join(f"{_fmt(lo)}..{_fmt(hi)}" for lo, hi in stretch) if stretch else "as stored (8-bit)",
+        })
+    return {**{key: tiling.get(key) for key in ("window_size", "tile_overlap", "scenes", "bands")},
+            "readings": rows, "more_readings": max(0, len(readings) - _MAX_READING_ROWS)}
 
 
 def render_dataset_card(

@@ -36,11 +36,14 @@ class InputSet:
         items: the inputs in their sorted order, windows of a scene in a row.
         description: how the inputs are named in the run summary.
         scenes: files cut into windows (each window is one of `items`).
+        readings: per GeoTIFF-family scene, how its pixels were read (`GeoScene.reading()`: bands,
+            their names, data type, per-band stretch), with the scene's name as shown in the rows.
     """
 
     items: list[ImageItem]
     description: str
     scenes: int = 0
+    readings: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ def _window_item(source: str, shown_scene: str, loader: Callable[[], LoadedImage
     return ImageItem(source, load)
 
 
-def _path_items(path: Path, shown: str, tiling: Tiling | None, cache: readers.SceneCache) -> list[ImageItem]:
+def _path_items(path: Path, shown: str, tiling: Tiling | None, cache: readers.SceneCache,
+                readings: list[dict]) -> list[ImageItem]:
     """The items of one file: itself, or one item per window when tiling applies to it.
 
     A scene whose header cannot be read becomes one failing item (listed in failures.jsonl);
@@ -95,24 +99,27 @@ def _path_items(path: Path, shown: str, tiling: Tiling | None, cache: readers.Sc
     elif not (tiling.tile_size is not None and readers.wants_windows(path, tiling.tile_size)):
         return [_file_item(path, shown)]
     bands = tiling.bands if geo_format else None
+    read: list[dict] = []
     try:
-        windows = readers.scene_windows(path, tiling.window_size, tiling.overlap, bands, cache)
+        windows = readers.scene_windows(path, tiling.window_size, tiling.overlap, bands, cache, read)
     except ImageError as err:
         return [_failing_item(shown, err)]
+    readings += [{**r, "scene": shown} for r in read]
     prefix = len(str(path))
     return [_window_item(shown + source[prefix:], shown, loader) for source, loader in windows]
 
 
-def _expand(files: list[tuple[Path, str]], tiling: Tiling | None) -> tuple[list[ImageItem], int]:
+def _expand(files: list[tuple[Path, str]], tiling: Tiling | None, description: str) -> InputSet:
     items: list[ImageItem] = []
     scenes = 0
+    readings: list[dict] = []
     # One decoded-scene cache for the run's PIL-read scenes, dropped with the items.
     cache = readers.SceneCache()
     for path, shown in files:
-        got = _path_items(path, shown, tiling, cache)
+        got = _path_items(path, shown, tiling, cache, readings)
         scenes += got[0].source != shown
         items += got
-    return items, scenes
+    return InputSet(items, description, scenes, readings)
 
 
 def _read_file(path: Path) -> LoadedImage:
@@ -261,8 +268,8 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
             files = list_image_files(path, exclude)
             if not files:
                 raise InputError(f"input folder {target} holds no files; point to a folder with images")
-            items, scenes = _expand([(f, f.relative_to(path).as_posix()) for f in files], tiling)
-            return InputSet(items, f"folder {path.name or target} ({len(files)} files)", scenes)
+            return _expand([(f, f.relative_to(path).as_posix()) for f in files], tiling,
+                           f"folder {path.name or target} ({len(files)} files)")
         # A dataset id has a namespace; huggingface_hub's rule (alps_hf.hub) decides the rest.
         if not path.exists() and "/" in target and is_hub_id(target):
             from datasets import load_dataset
@@ -288,5 +295,4 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
     if not files:
         raise InputError(f"inputs {inputs} hold no files; point to images")
     files.sort(key=lambda f: f[1])
-    items, scenes = _expand(files, tiling)
-    return InputSet(items, f"{len(files)} files", scenes)
+    return _expand(files, tiling, f"{len(files)} files")

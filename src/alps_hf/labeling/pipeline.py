@@ -535,7 +535,7 @@ def run_label(cfg: LabelConfig) -> int:
     if not state.is_main_process:
         return 0
     info = finish_folder(output, work, len(ranges), clusters, names,
-                         dataset_info_base(cfg, inputs.description, inputs.scenes),
+                         dataset_info_base(cfg, inputs.description, inputs.scenes, inputs.readings),
                          cfg.preview_images)
     stats = info["stats"]
     t_finish = time.perf_counter()
@@ -561,13 +561,14 @@ def run_label(cfg: LabelConfig) -> int:
     return 0
 
 
-def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0) -> dict:
+def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0, readings: list[dict] | None = None) -> dict:
     """The settings part of alps_dataset.json: versions, SAM, seed, generator, K-means and tiling settings.
 
     Args:
         cfg: the run's settings.
         description: where the inputs came from, in words (the card's source line).
         scenes: how many scenes were cut into tiles (0 for plain images).
+        readings: per GeoTIFF-family scene, the bands read and each band's stretch (`InputSet.readings`).
 
     Returns:
         A JSON-ready dict; the run adds the stats, splits and seconds.
@@ -579,7 +580,8 @@ def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0) -> di
             "split": cfg.split, "generator": gen, "kmeans": {"passes": cfg.kmeans_passes,
                                                              "batch_size": cfg.kmeans_batch_size},
             "tiling": {"tile_size": cfg.tile_size, "window_size": cfg.window_size,
-                       "tile_overlap": cfg.tile_overlap, "bands": cfg.bands, "scenes": scenes}}
+                       "tile_overlap": cfg.tile_overlap, "bands": cfg.bands, "scenes": scenes,
+                       "scene_readings": readings or []}}
 
 
 def record_seconds(output: Path, info: dict, seconds: dict) -> None:
@@ -665,8 +667,9 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     if not state.is_main_process:
         return 0
     previous = json.loads((source / "alps_dataset.json").read_text()) if (source / "alps_dataset.json").is_file() else {}
-    base = dataset_info_base(label_cfg, previous.get("source", str(source)),
-                             (previous.get("tiling") or {}).get("scenes", 0))
+    tiling = previous.get("tiling") or {}
+    base = dataset_info_base(label_cfg, previous.get("source", str(source)), tiling.get("scenes", 0),
+                             tiling.get("scene_readings"))
     if separate:
         base["reclustered_from"] = source.name
     info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
