@@ -351,8 +351,11 @@ def _column_rows(info: Mapping[str, Any], k: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _top_classes(stats: Mapping[str, Any], limit: int = 10) -> list[dict[str, Any]]:
-    """The largest pseudo-classes by pixel share (id, name, share, mask count), largest first."""
+def _top_classes(stats: Mapping[str, Any], names: Mapping[int, str], limit: int = 10) -> list[dict[str, Any]]:
+    """The largest pseudo-classes by pixel share (id, name, share, mask count), largest first.
+
+    `names` are the folder's id2label.json names (a user may have renamed them); missing ids get `cluster_NN`.
+    """
     hist = [int(v) for v in stats.get("class_pixel_histogram") or []]
     counts = [int(v) for v in stats.get("class_mask_counts") or []]
     total = sum(hist)
@@ -360,7 +363,7 @@ def _top_classes(stats: Mapping[str, Any], limit: int = 10) -> list[dict[str, An
     return [
         {
             "id": i,
-            "name": f"cluster_{i:02d}",
+            "name": _fmt(names.get(i, f"cluster_{i:02d}")),
             "share": f"{100 * hist[i] / total:.1f} %" if total else NOT_MEASURED,
             "masks": counts[i] if i < len(counts) else NOT_MEASURED,
         }
@@ -410,7 +413,8 @@ def _sam_context(info: Mapping[str, Any], run_config: Mapping[str, Any]) -> dict
 
 
 def _dataset_context(
-    info: Mapping[str, Any], repo_id: str | None, run_config: Mapping[str, Any]
+    info: Mapping[str, Any], repo_id: str | None, run_config: Mapping[str, Any],
+    class_names: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The values the dataset card template fills in; the prose and its branches live in the template."""
     stats = info.get("stats") or {}
@@ -449,7 +453,10 @@ def _dataset_context(
         "tiling": _tiling(info.get("tiling") or {}),
         "stats": stat_values,
         "split_rows": split_rows,
-        "top_classes": _top_classes(stats),
+        "top_classes": _top_classes(stats, class_names or {}),
+        "figures": info.get("figures") or {},
+        "stuff": generator.get("large_masks") == "stuff",
+        "fill": bool(generator.get("fill")),
         "has_histogram": bool(stats.get("class_pixel_histogram")),
         "uncovered": _pct(1 - coverage) if coverage is not None else None,
         "alps_bibtex": ALPS_BIBTEX,
@@ -487,7 +494,8 @@ def _tiling(tiling: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def render_dataset_card(
-    info: Mapping[str, Any], repo_id: str | None = None, run_config: Mapping[str, Any] | None = None
+    info: Mapping[str, Any], repo_id: str | None = None, run_config: Mapping[str, Any] | None = None,
+    class_names: Mapping[int, str] | None = None,
 ) -> DatasetCard:
     """Render the dataset card of an alps_hf pseudo-labeled dataset.
 
@@ -498,6 +506,8 @@ def render_dataset_card(
             describes a local folder (snippets read the folder, not the Hub).
         run_config: the run's `label_config.json` dict, when there is one: the SAM folder it names
             is hashed when it is local, and a `--clusters` model is named as the centroids' origin.
+        class_names: the folder's id2label.json (id -> name), when it has one: names given by the user
+            are shown; None: `cluster_NN`.
 
     Returns:
         A `huggingface_hub.DatasetCard`; `card.save(folder / "README.md")` writes it. The card
@@ -508,7 +518,7 @@ def render_dataset_card(
     """
     data = dataset_card_data(info)
     card = DatasetCard.from_template(
-        data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id, run_config or {})
+        data, template_path=str(DATASET_TEMPLATE), **_dataset_context(info, repo_id, run_config or {}, class_names)
     )
     return _mark(card)
 
@@ -604,7 +614,10 @@ def dataset_card_of(folder: str | Path, repo_id: str | None = None) -> DatasetCa
     info = read_json(folder / "alps_dataset.json", DatasetFormatError)
     run = folder / "label_config.json"
     run_config = read_json(run, DatasetFormatError) if run.is_file() else {}
-    return render_dataset_card(info, repo_id=repo_id, run_config=run_config)
+    names_file = folder / "id2label.json"
+    names = read_json(names_file, DatasetFormatError) if names_file.is_file() else {}
+    return render_dataset_card(info, repo_id=repo_id, run_config=run_config,
+                               class_names={int(k): str(v) for k, v in names.items()})
 
 
 def write_dataset_card(folder: str | Path, repo_id: str | None = None) -> Path:

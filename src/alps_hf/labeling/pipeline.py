@@ -32,6 +32,7 @@ from alps_hf.geo.seams import resolve_seams
 from alps_hf.geo.windows import Window, window_from_meta
 from alps_hf.labeling.clustering import ClusterModel, fit_online_kmeans
 from alps_hf.labeling.config import LabelConfig, ReclusterConfig
+from alps_hf.labeling.figures import GALLERY_FILE, PREVIEW_FILE, write_cluster_gallery, write_preview
 from alps_hf.labeling.inputs import ImageItem, LoadedImage, Tiling, resolve_inputs
 from alps_hf.labeling.record import Pass1Record
 from alps_hf.labeling.workdir import (
@@ -51,7 +52,6 @@ from alps_hf.labeling.writer import (
     shard_file_name,
     write_failures,
     write_group,
-    write_preview,
 )
 from alps_hf.sam.features import mask_features
 from alps_hf.sam.fill import add_fill_segments
@@ -406,7 +406,7 @@ def run_pass2(state, output: Path, work: WorkDir, num_shards: int, clusters: Clu
 
 def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: ClusterModel, names: list[Path],
                   info: dict, preview_images: int) -> dict:
-    """Write id2label.json, the cluster model, failures.jsonl, preview.png, alps_dataset.json, README.md."""
+    """Write id2label.json, the cluster model, failures.jsonl, the figures, alps_dataset.json, README.md."""
     from alps_hf.labeling.writer import dataset_features
 
     k = clusters.num_clusters
@@ -416,12 +416,20 @@ def finish_folder(output: Path, work: WorkDir, num_shards: int, clusters: Cluste
     stats["failed"] = len(failures)
     clusters.save(output)
     atomic_write_text(output / "id2label.json", json.dumps(id2label(k), indent=2) + "\n")
-    write_preview(output, names, k, preview_images)
+    figures = {}
+    if write_preview(output, names, k, preview_images):
+        figures["preview"] = PREVIEW_FILE
+    hist = stats["class_pixel_histogram"]
+    share = [v / max(1, sum(hist)) for v in hist]
+    if write_cluster_gallery(output, names, k, share):
+        figures["cluster_gallery"] = GALLERY_FILE
+    for name in {PREVIEW_FILE, GALLERY_FILE} - set(figures.values()):
+        (output / name).unlink(missing_ok=True)  # of an earlier run: it would show other clusters
     split = info["split"]
     info = {**info, "num_clusters": k, "feature_normalization": clusters.normalization,
             "splits": {split: {"num_rows": stats["images"], "files": [f"data/{n.name}" for n in names],
                                "num_bytes": sum(n.stat().st_size for n in names)}},
-            "stats": stats, "features": dataset_features().to_dict()}
+            "stats": stats, "figures": figures, "features": dataset_features().to_dict()}
     # Not sort_keys: the order of `features` is the column order of the dataset.
     atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2) + "\n")
     from alps_hf.hub.cards import write_dataset_card

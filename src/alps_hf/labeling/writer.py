@@ -2,7 +2,7 @@
 
 Reads the pass-1 shards of the work folder, gives every segment the cluster of its feature,
 paints `label = lut[segments]`, and writes `data/<split>-NNNNN-of-NNNNN.parquet` with the columns
-of DESIGN.md, plus id2label.json, preview.png and failures.jsonl. Pass-1 shards are grouped into
+of DESIGN.md, plus id2label.json and failures.jsonl (the figures are `figures.py`'s). Pass-1 shards are grouped into
 output shards of about `max_shard_bytes` (Hub-friendly), so the shard count is known before any
 output shard is written and every process can write its share independently.
 """
@@ -21,7 +21,7 @@ from PIL import Image
 from alps_hf.config_utils import atomic_write_text
 from alps_hf.labeling.clustering import ClusterModel
 from alps_hf.labeling.workdir import WorkDir
-from alps_hf.sam.segment_map import FILL, IGNORE_LABEL, paint_labels
+from alps_hf.sam.segment_map import FILL, paint_labels
 
 
 def dataset_features():
@@ -216,58 +216,6 @@ def id2label(k: int) -> dict[str, str]:
     """The id2label.json mapping for k pseudo-classes: {"0": "cluster_00", ...}, zero-padded to k's width."""
     width = max(2, len(str(k - 1)))
     return {str(i): f"cluster_{i:0{width}d}" for i in range(k)}
-
-
-def palette(k: int) -> np.ndarray:
-    """A fixed (256, 3) uint8 palette: distinct hues for 0..k-1 (golden-ratio steps), black for 255."""
-    import colorsys
-
-    colors = np.zeros((256, 3), dtype=np.uint8)
-    for i in range(min(k, 255)):
-        h = (i * 0.618033988749895) % 1.0
-        s = 0.55 + 0.45 * ((i // 7) % 2)
-        v = 0.95 - 0.35 * ((i // 3) % 2)
-        colors[i] = [round(255 * c) for c in colorsys.hsv_to_rgb(h, s, v)]
-    colors[IGNORE_LABEL] = 0
-    return colors
-
-
-def write_preview(folder: Path, data_files: list[Path], k: int, count: int, height: int = 192) -> Path | None:
-    """preview.png: the first `count` images (left) beside their label maps in the fixed palette (right)."""
-    if count <= 0:
-        return None
-    rows = []
-    colors = palette(k)
-    for f in data_files:
-        table = pq.read_table(f, columns=["image", "label"])
-        for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist(), strict=True):
-            if len(rows) >= count:
-                break
-            from alps_hf.images import decode_image_bytes
-
-            rgb = decode_image_bytes(img["bytes"])
-            label = decode_png(lab["bytes"])
-            width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
-            left = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
-            right = Image.fromarray(colors[label]).resize((width, height), Image.NEAREST)
-            row = Image.new("RGB", (2 * width + 4, height), (255, 255, 255))
-            row.paste(left, (0, 0))
-            row.paste(right, (width + 4, 0))
-            rows.append(row)
-        if len(rows) >= count:
-            break
-    if not rows:
-        return None
-    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 4 for r in rows)), (255, 255, 255))
-    y = 0
-    for r in rows:
-        canvas.paste(r, (0, y))
-        y += r.height + 4
-    path = folder / "preview.png"
-    tmp = folder / f".preview.png.tmp-{os.getpid()}"  # pid: never the temporary of another process
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
 
 
 def write_failures(folder: Path, work: WorkDir, num_shards: int) -> list[dict]:
