@@ -136,7 +136,7 @@ def test_generator_frame_matches_processor_and_features_match_naive():
     assert frame.padded == TINY_INPUT
     assert frame == processor_frame(37, 90, TINY_INPUT)
     assert frame.resized == (round(37 * TINY_INPUT / 90), TINY_INPUT)
-    emb = embeddings[0].float()
+    emb = embeddings[0].embedding.float()
     assert emb.shape == (32, 8, 8)
     masks = random_masks(rng, 4, 37, 90)
     got = mask_features(torch.as_tensor(masks), emb, frame).numpy()

@@ -404,12 +404,16 @@ def local_weights_sha256(folder: str | Path) -> tuple[str, str] | None:
 
 def _sam_context(info: Mapping[str, Any], run_config: Mapping[str, Any]) -> dict[str, Any]:
     """Which SAM made the masks, fit for a public card: a Hub id and revision, or a local folder's name and hash."""
+    from alps_hf.sam.families import FAMILIES
+
     sam = run_config.get("sam") or info.get("sam_model") or "unknown"
+    family = info.get("sam_family") or run_config.get("sam_family")
+    names = {"sam_family": family, "sam_family_title": FAMILIES[family].title if family in FAMILIES else family}
     if is_hub_id(sam) or sam == "unknown":
         return {"sam_model": sam, "sam_is_hub": sam != "unknown", "sam_revision": info.get("sam_revision"),
-                "sam_weights": None}
+                "sam_weights": None, **names}
     return {"sam_model": public_name(sam), "sam_is_hub": False, "sam_revision": None,
-            "sam_weights": local_weights_sha256(sam)}
+            "sam_weights": local_weights_sha256(sam), **names}
 
 
 def _dataset_context(

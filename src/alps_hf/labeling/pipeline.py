@@ -53,6 +53,7 @@ from alps_hf.labeling.writer import (
     write_failures,
     write_group,
 )
+from alps_hf.sam.families import FAMILIES, SamFamily, feature_dim, load_family_processor, read_family
 from alps_hf.sam.features import mask_features
 from alps_hf.sam.fill import add_fill_segments
 from alps_hf.sam.generator import GeneratedMasks, MaskGenerator, MaskGeneratorConfig
@@ -70,36 +71,37 @@ def pass1_fields() -> tuple[str, ...]:
 
 
 # ---- model loading, checked before any weights are read -------------------------------------------------
-def load_sam_config(name: str, revision: str | None):
-    """SamConfig of --sam, or ConfigError saying why it is unusable (fast: config file only)."""
-    from transformers import SamConfig
+def load_sam_config(name: str, revision: str | None) -> tuple[SamFamily, object]:
+    """(SAM family, config) of --sam, or ConfigError saying why it is unusable (fast: config files only).
 
-    # SamConfig.from_pretrained silently returns a default (ViT-B, 256-d) config for a local folder
-    # without config.json, so such a folder would pass here and fail later, after work has started.
+    The family (SAM, SAM-HQ, SAM 2, EdgeTAM, SAM 3 tracker) is told by config.json's model_type
+    (`alps_hf.sam.families`); its image processor config and the modules its model needs are checked too.
+    """
+    # A folder without config.json would fail later, after work has started.
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
         raise ConfigError(
             f"--sam {name!r} is a folder but not a save_pretrained folder (it has no config.json); pass a folder "
-            "written by SamModel.save_pretrained, or a Hub id such as facebook/sam-vit-base (or -large / -huge)"
+            "written by SamModel.save_pretrained (or Sam2Model, SamHQModel, ...), or a Hub id such as "
+            "facebook/sam-vit-base or facebook/sam2.1-hiera-large"
         )
     try:
-        config = SamConfig.from_pretrained(name, revision=revision)
+        family, config = read_family(name, revision)
+    except ConfigError:
+        raise
     except (OSError, ValueError) as err:
         from alps_hf.hub.references import unloadable_reason
 
         # Offline and not cached, a folder that does not exist, not on the Hub: each has its own fix.
         raise ConfigError(unloadable_reason("--sam", name, err)) from None
-    if getattr(config, "model_type", None) != "sam":
-        raise ConfigError(f"--sam {name!r} is a {config.model_type!r} model, not SAM")
-    from alps_hf.sam.generator import load_sam_image_processor
-
+    family.check_requirements()
     try:  # a JSON file, cheap; without it MaskGenerator.from_pretrained fails with a traceback
-        load_sam_image_processor(name, revision=revision)
+        load_family_processor(family, name, revision)
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"--sam {name!r} has no SAM image processor config ({str(err).splitlines()[0]}); save one beside the "
             "model with SamImageProcessorPil(...).save_pretrained(folder)"
         ) from None
-    return config
+    return family, config
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -341,8 +343,11 @@ def run_pass1(runner: Pass1Runner | None, items: list[ImageItem], work: WorkDir,
 
 
 # ---- K-means + pass 2 (shared by label and recluster) -----------------------------------------------
-def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig) -> ClusterModel:
-    """K-means over the work shards' features with the K-means settings of cfg (label and recluster)."""
+def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig, sam_family: str | None = None) -> ClusterModel:
+    """K-means over the work shards' features with the K-means settings of cfg (label and recluster).
+
+    `sam_family` (alps_hf.sam.families) is recorded in the cluster model's metadata with the SAM id.
+    """
     k = cfg.num_clusters
     total = sum(work.shard_summary(s)["masks"] for s in range(num_shards))
     if total < 2:
@@ -361,7 +366,7 @@ def fit_clusters(work: WorkDir, num_shards: int, cfg: LabelConfig) -> ClusterMod
             "saved: the same command with --resume and a smaller --num-clusters reuses it), or label more images"
         )
     metadata = {"feature_source": "sam_image_embedding_masked_mean", "sam_model": cfg.sam,
-                "sam_revision": cfg.sam_revision, "alps_hf_version": __version__}
+                "sam_revision": cfg.sam_revision, "sam_family": sam_family, "alps_hf_version": __version__}
     return fit_online_kmeans(lambda: work.iter_features(num_shards), k, seed=cfg.seed,
                              normalization=cfg.feature_normalization, batch_size=cfg.kmeans_batch_size,
                              passes=cfg.kmeans_passes, metadata=metadata)
@@ -462,7 +467,7 @@ def process_state(device: str | None):
     return state
 
 
-def given_cluster_model(cfg: LabelConfig, sam_config) -> ClusterModel | None:
+def given_cluster_model(cfg: LabelConfig, family: SamFamily, sam_config) -> ClusterModel | None:
     """The cluster model of `--clusters`, checked against the SAM's feature size; None without the flag.
 
     Raises:
@@ -471,16 +476,20 @@ def given_cluster_model(cfg: LabelConfig, sam_config) -> ClusterModel | None:
     if not cfg.clusters:
         return None
     given = ClusterModel.load(cfg.clusters)
-    if given.feature_dim != sam_config.vision_config.output_channels:
+    dim = feature_dim(family, sam_config)
+    if given.feature_dim != dim:
         raise ClusterModelError(
-            f"--clusters {cfg.clusters} has {given.feature_dim}-d centroids but --sam {cfg.sam} gives "
-            f"{sam_config.vision_config.output_channels}-d features; use a cluster model made with the same SAM"
+            f"--clusters {cfg.clusters} has {given.feature_dim}-d centroids but --sam {cfg.sam} gives {dim}-d "
+            f"features ({family.title}); use a cluster model made with the same SAM"
         )
     return given
 
 
-def start_work_folder(state, work: WorkDir, cfg: LabelConfig, sources: list[str], num_shards: int) -> None:
+def start_work_folder(state, work: WorkDir, cfg: LabelConfig, sources: list[str], num_shards: int,
+                      sam_family: str | None = None) -> None:
     """Check (on --resume) and write the manifest and label_config.json; every process waits for it.
+
+    label_config.json also records `sam_family`, the family --sam was detected as.
 
     Raises:
         ConfigError: on --resume, when the inputs or a pass-1 setting changed since the run started.
@@ -493,18 +502,18 @@ def start_work_folder(state, work: WorkDir, cfg: LabelConfig, sources: list[str]
         if cfg.resume:  # temporaries of the killed run; main process only, before anyone writes again
             work.clean_temporaries()
         work.write_manifest({"fingerprint": fingerprint, "num_shards": num_shards, "alps_hf_version": __version__})
-        save_config(cfg, work.root.parent / "label_config.json", alps_hf_version=__version__)
+        save_config(cfg, work.root.parent / "label_config.json", alps_hf_version=__version__, sam_family=sam_family)
     state.wait_for_everyone()
 
 
 def shared_clusters(state, work: WorkDir, num_shards: int, cfg: LabelConfig,
-                    given: ClusterModel | None = None) -> ClusterModel:
+                    given: ClusterModel | None = None, sam_family: str | None = None) -> ClusterModel:
     """K-means on the main process (or the `given` model), saved to the work folder, loaded by every process.
 
     label and recluster both end pass 1 this way, so all processes paint with the same centroids.
     """
     if state.is_main_process:
-        (given or fit_clusters(work, num_shards, cfg)).save(work.root)
+        (given or fit_clusters(work, num_shards, cfg, sam_family)).save(work.root)
     state.wait_for_everyone()
     return ClusterModel.load(work.root)
 
@@ -515,14 +524,16 @@ def run_label(cfg: LabelConfig) -> int:
     ensure_empty_or_resumable(output, cfg.resume, cfg.overwrite)
     tiling = Tiling(cfg.tile_size, cfg.window_size, cfg.tile_overlap, cfg.bands)
     inputs = resolve_inputs(cfg.inputs, cfg.split, cfg.image_column, exclude=output, tiling=tiling)
-    given_clusters = given_cluster_model(cfg, load_sam_config(cfg.sam, cfg.sam_revision))
+    family, sam_config = load_sam_config(cfg.sam, cfg.sam_revision)
+    family.resolve(cfg)  # settings left unset take the family's defaults, before they are saved or fingerprinted
+    given_clusters = given_cluster_model(cfg, family, sam_config)
     state = process_state(cfg.device)
     if cfg.overwrite and output.exists() and state.is_main_process:
         shutil.rmtree(output)
     state.wait_for_everyone()
     work = WorkDir(output / "work")
     ranges = shard_ranges(len(inputs.items), cfg.shard_size or auto_shard_size(len(inputs.items), cfg.image_batch_size))
-    start_work_folder(state, work, cfg, [it.source for it in inputs.items], len(ranges))
+    start_work_folder(state, work, cfg, [it.source for it in inputs.items], len(ranges), family.name)
 
     t_start = time.perf_counter()
     device = torch.device(cfg.device) if cfg.device else state.device
@@ -536,14 +547,14 @@ def run_label(cfg: LabelConfig) -> int:
     state.wait_for_everyone()
     t_pass1 = time.perf_counter()
 
-    clusters = shared_clusters(state, work, len(ranges), cfg, given_clusters)
+    clusters = shared_clusters(state, work, len(ranges), cfg, given_clusters, family.name)
     t_kmeans = time.perf_counter()
     names = run_pass2(state, output, work, len(ranges), clusters, cfg.split, cfg.max_shard_bytes, cfg.fill)
     t_pass2 = time.perf_counter()
     if not state.is_main_process:
         return 0
     info = finish_folder(output, work, len(ranges), clusters, names,
-                         dataset_info_base(cfg, inputs.description, inputs.scenes, inputs.readings),
+                         dataset_info_base(cfg, inputs.description, inputs.scenes, inputs.readings, family.name),
                          cfg.preview_images)
     stats = info["stats"]
     t_finish = time.perf_counter()
@@ -569,7 +580,8 @@ def run_label(cfg: LabelConfig) -> int:
     return 0
 
 
-def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0, readings: list[dict] | None = None) -> dict:
+def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0, readings: list[dict] | None = None,
+                      sam_family: str = "sam") -> dict:
     """The settings part of alps_dataset.json: versions, SAM, seed, generator, K-means and tiling settings.
 
     Args:
@@ -577,13 +589,16 @@ def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0, readi
         description: where the inputs came from, in words (the card's source line).
         scenes: how many scenes were cut into tiles (0 for plain images).
         readings: per GeoTIFF-family scene, the bands read and each band's stretch (`InputSet.readings`).
+        sam_family: the SAM family of `cfg.sam` (alps_hf.sam.families); generator settings left unset are
+            recorded with its defaults.
 
     Returns:
         A JSON-ready dict; the run adds the stats, splits and seconds.
     """
-    gen = asdict(MaskGeneratorConfig.settings_of(cfg))
+    gen = asdict(FAMILIES[sam_family].resolve(MaskGeneratorConfig.settings_of(cfg)))
     gen.pop("upsample_chunk", None)
     return {"alps_hf_version": __version__, "sam_model": cfg.sam, "sam_revision": cfg.sam_revision,
+            "sam_family": sam_family,
             "seed": cfg.seed, "source": description, "license": cfg.license, "pretty_name": cfg.pretty_name,
             "split": cfg.split, "generator": gen, "kmeans": {"passes": cfg.kmeans_passes,
                                                              "batch_size": cfg.kmeans_batch_size},
@@ -634,6 +649,7 @@ def run_recluster(cfg: ReclusterConfig) -> int:
                          "finish it with `alps-hf label ... --resume` first")
     saved = json.loads(config_path.read_text(encoding="utf-8"))
     saved.pop("alps_hf_version", None)
+    sam_family = saved.pop("sam_family", None) or "sam"  # runs from before SAM families were all SamModel
     saved.setdefault("preset", "alps-paper")  # runs from before presets: no stuff, no fill
     label_cfg = LabelConfig(**{k: v for k, v in saved.items() if k in LabelConfig.__dataclass_fields__})
     label_cfg.num_clusters = cfg.num_clusters
@@ -667,7 +683,7 @@ def run_recluster(cfg: ReclusterConfig) -> int:
             work.clean_temporaries()
     state.wait_for_everyone()
     work, config_path = WorkDir(output / "work"), output / "label_config.json"
-    clusters = shared_clusters(state, work, num_shards, label_cfg)
+    clusters = shared_clusters(state, work, num_shards, label_cfg, sam_family=sam_family)
     t1 = time.perf_counter()
     names = run_pass2(state, output, work, num_shards, clusters, label_cfg.split, label_cfg.max_shard_bytes,
                       label_cfg.fill)
@@ -677,11 +693,11 @@ def run_recluster(cfg: ReclusterConfig) -> int:
     previous = json.loads((source / "alps_dataset.json").read_text()) if (source / "alps_dataset.json").is_file() else {}
     tiling = previous.get("tiling") or {}
     base = dataset_info_base(label_cfg, previous.get("source", str(source)), tiling.get("scenes", 0),
-                             tiling.get("scene_readings"))
+                             tiling.get("scene_readings"), sam_family)
     if separate:
         base["reclustered_from"] = source.name
     info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
-    save_config(label_cfg, config_path, alps_hf_version=__version__)
+    save_config(label_cfg, config_path, alps_hf_version=__version__, sam_family=sam_family)
     total = sum(work.shard_summary(s)["images"] for s in range(num_shards))
     seconds = {"kmeans": t1 - t0, "pass2": t2 - t1, "finish": time.perf_counter() - t2}
     record_seconds(output, info, seconds)

@@ -1,4 +1,4 @@
-"""Automatic mask generation on transformers' `SamModel`, without torchvision.
+"""Automatic mask generation on any SAM family of transformers (sam/families.py), without torchvision.
 
 segment-anything's automatic mask generator, rebuilt for throughput:
 - the image embedding is computed once per image (batched over images) and kept: the mask
@@ -9,7 +9,9 @@ segment-anything's automatic mask generator, rebuilt for throughput:
   are never held); survivors are then checked again at full resolution with the exact
   definitions, so the result matches upsample-everything-then-filter;
 - box NMS within each crop, then across crops (preferring masks from smaller crops).
-Nothing here assumes 1024 px or a 64x64 embedding: sizes come from the model config.
+Nothing here assumes 1024 px or a 64x64 embedding: sizes come from the model config. What differs
+between SAM, SAM-HQ, SAM 2, EdgeTAM and the SAM 3 tracker (preprocessing, the encoder's outputs, the
+decoder call, the upsampling) is in the family's adapter; this file is the one fast path they share.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from alps_hf.config_utils import arg
 from alps_hf.errors import ConfigError
 from alps_hf.sam import amg
 from alps_hf.sam.cleanup import postprocess_small_regions
 from alps_hf.sam.densify import densify_points, limit_points, round_sides
+from alps_hf.sam.families import (
+    FAMILIES,
+    ImageEncoding,
+    adapter_for,
+    load_family_model,
+    load_family_processor,
+    read_family,
+)
 from alps_hf.sam.masks import MaskSet
 
 # Low-resolution pre-filter slack: a mask is upsampled when its low-res stability / area is within
@@ -56,7 +65,8 @@ def _setting(default, help: str, group: str = GROUP_MASKS, pass1: bool = True):
 class MaskGeneratorConfig:
     """Settings of automatic mask generation, declared once with their help text and checks.
 
-    Defaults are segment-anything's `SamAutomaticMaskGenerator` plus the ALPS area gate. `alps-hf label`'s
+    Defaults are segment-anything's `SamAutomaticMaskGenerator` plus the ALPS area gate; the settings whose
+    default is None come from the preset (`PRESETS`) or the SAM family (`SamFamily.defaults`). `alps-hf label`'s
     `LabelConfig` inherits these fields, so each is a flag (`--points-per-side`), the card lists them
     (`alps_hf.hub.cards.generator_keys`) and the resume fingerprint includes them, all from here.
     """
@@ -72,7 +82,9 @@ class MaskGeneratorConfig:
         None, "Point grid per side: N x N point prompts per image (and per crop). Default: the preset's (dense 16, "
         "alps-paper 32).")
     points_per_batch: int = _setting(64, "Prompts run through the mask decoder at once.", GROUP_SCALE, pass1=False)
-    pred_iou_thresh: float = _setting(0.88, "Keep masks whose predicted IoU exceeds this (0 disables).")
+    pred_iou_thresh: float | None = _setting(
+        None, "Keep masks whose predicted IoU exceeds this (0 disables). Default: the SAM family's own automatic mask "
+        "generator's (SAM, SAM-HQ 0.88; SAM 2, EdgeTAM, SAM 3 tracker 0.8).")
     stability_score_thresh: float = _setting(0.95, "Keep masks whose stability score is at least this.")
     stability_score_offset: float = _setting(1.0, "Logit offset used to compute the stability score.")
     mask_threshold: float = _setting(0.0, "Logit threshold that binarises masks.")
@@ -119,7 +131,7 @@ class MaskGeneratorConfig:
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
                      "max_area_fraction", "crop_overlap_ratio"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value} is outside [0, 1]; pass a value between 0 and 1 with {_flag(name)}")
         for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor", "upsample_chunk"):
             if getattr(self, name) < 1:
@@ -183,8 +195,12 @@ PRESETS: dict[str, dict[str, object]] = {
 class EmbeddingFrame:
     """Where an image sits inside the SAM input frame (needed to pool the embedding correctly).
 
-    The processor resizes the image (height, width) to `resized` (longest side = input size) and pads
-    it at the bottom/right to `padded` x `padded`; the embedding grid covers the padded square.
+    The processor resizes the image (height, width) to `resized` and pads it at the bottom/right to
+    `padded` x `padded`; the embedding grid covers the padded square. Two frames occur:
+    - SAM, SAM-HQ: `resized` keeps the aspect ratio (longest side = input size), the rest is padding;
+    - SAM 2, EdgeTAM, SAM 3 tracker: `resized` = (input size, input size) = the whole square: each axis
+      is scaled on its own (a non-uniform scale for a non-square image), no padding.
+    Both are the same mapping, per axis: original pixel p covers [p * resized / original, (p + 1) * ...).
     """
 
     original: tuple[int, int]
@@ -198,7 +214,8 @@ class GeneratedMasks:
 
     Attributes:
         masks: the kept masks at the image's resolution.
-        embedding: (C, E, E) SAM image embedding of the whole image (float32, on the device).
+        embedding: (C, E, E) image embedding of the whole image (float32, on the device): the one the mask
+            decoder attends to (for SAM 2-style families the last FPN level; sam/families.py says why).
         frame: geometry of the image inside the embedding.
     """
 
@@ -208,32 +225,44 @@ class GeneratedMasks:
 
 
 class MaskGenerator:
-    """Prompt-free mask generation with a `transformers.SamModel`.
+    """Prompt-free mask generation with a model of any SAM family of transformers.
 
     Args:
-        model: a `SamModel` (any size; eval mode is set here).
-        processor: a `SamImageProcessorPil` (or compatible) matching the model's input size.
-        config: generation settings.
+        model: a `SamModel`, `SamHQModel`, `Sam2Model`, `EdgeTamModel` or `Sam3TrackerModel` (any size; eval
+            mode is set here). The family is told by `model.config.model_type`.
+        processor: its preprocessing: a `SamImageProcessorPil` (SAM, SAM-HQ) or a
+            `sam.families.SquarePreprocessor` (the others), matching the model's input size.
+        config: generation settings; those left None take the family's defaults (`self.config` is resolved).
+
+    Raises:
+        ConfigError: the model is of no supported SAM family.
     """
 
     def __init__(self, model, processor, config: MaskGeneratorConfig | None = None):
         self.model = model.eval()
         self.processor = processor
-        self.config = config or MaskGeneratorConfig()
+        self.adapter = adapter_for(self.model, processor)
+        self.family = self.adapter.family
+        self.config = self.family.resolve(dataclasses.replace(config) if config else MaskGeneratorConfig())
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.input_size = int(model.config.vision_config.image_size)
+        self.input_size = self.adapter.input_size
         self.timings: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: MaskGeneratorConfig | None = None, *,
                         revision: str | None = None, device=None, dtype=torch.float32) -> MaskGenerator:
-        """Load `SamModel` and its image processor (PIL backend, no torchvision) from a Hub id or folder."""
-        from transformers import SamModel
+        """Load a SAM-family model and its preprocessing (no torchvision) from a Hub id or folder.
 
-        processor = load_sam_image_processor(name_or_path, revision=revision)
-        model = SamModel.from_pretrained(name_or_path, revision=revision, dtype=dtype)
+        The family is detected from the checkpoint's `config.json` (`model_type`, see `sam.families.FAMILIES`).
+
+        Raises:
+            ConfigError: the checkpoint is of no supported SAM family, or a module it needs is missing.
+        """
+        family, _ = read_family(name_or_path, revision)
+        processor = load_family_processor(family, name_or_path, revision)
+        model = load_family_model(family, name_or_path, revision, dtype)
         if device is not None:
             model = model.to(device)
         return cls(model, processor, config)
@@ -253,47 +282,34 @@ class MaskGenerator:
 
         SAM's processor resizes the long side to the encoder's input size; an image so thin that its short
         side would round to 0 pixels there (aspect ratio above 2 * input size : 1) has nothing to encode.
+        The square-frame families (SAM 2 and after) take every size.
         """
-        scale = self.input_size / max(height, width)
-        short = int(min(height, width) * scale + 0.5)
-        if short >= 1:
-            return None
-        return (f"image is {width}x{height} px, too thin for SAM: its short side would be resized to 0 px at the "
-                f"model's {self.input_size} px input (aspect ratios up to {2 * self.input_size}:1 work); crop or pad it")
+        return self.adapter.image_problem(height, width)
 
     # ---- encoder -------------------------------------------------------------------------------
-    def embed(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[EmbeddingFrame]]:
-        """Preprocess and encode RGB uint8 images in one batch: (B, C, E, E) embeddings and frames."""
+    def embed(self, images: list[np.ndarray]) -> tuple[list[ImageEncoding], list[EmbeddingFrame]]:
+        """Preprocess and encode RGB uint8 images in one batch: one `ImageEncoding` and frame per image.
+
+        `encodings[i].embedding` is the (C, E, E) embedding the decoder attends to and features pool.
+        """
         with self._timed("preprocess"):
-            # Explicit channels-last: otherwise the processor guesses, and takes an image 1 or 3 pixels high
-            # (e.g. 3 x 8 x 3) for channels-first, encoding it transposed with the wrong original size.
-            inputs = self.processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
-            pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
-        padded = int(pixel_values.shape[-1])
-        frames = [
-            EmbeddingFrame(tuple(int(v) for v in o), tuple(int(v) for v in r), padded)
-            for o, r in zip(inputs["original_sizes"], inputs["reshaped_input_sizes"], strict=True)
-        ]
+            pixel_values, sizes = self.adapter.preprocess(images)
+            pixel_values = pixel_values.to(self.device, self.dtype)
+        frames = [EmbeddingFrame(o, r, p) for o, r, p in sizes]
         with self._timed("encoder"), torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(pixel_values)
+            encodings = self.adapter.encode(pixel_values)
         self.counts["encoder_images"] += len(images)
-        return embeddings, frames
+        return encodings, frames
 
     # ---- decoder + filters ---------------------------------------------------------------------
-    def _decode(self, embedding: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, encoding: ImageEncoding, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits (P*M, h, w) and predicted IoUs (P*M,) for points (P, 2) in input-frame pixels."""
         with self._timed("decoder"), torch.inference_mode():
-            out = self.model(
-                image_embeddings=embedding[None],
-                input_points=points[None, :, None, :].to(self.dtype),
-                input_labels=torch.ones((1, points.shape[0], 1), dtype=torch.int64, device=self.device),
-                multimask_output=True,
-            )
+            logits, iou = self.adapter.decode(encoding, points.to(self.dtype))
         self.counts["decoder_prompts"] += int(points.shape[0])
-        logits = out.pred_masks[0].flatten(0, 1).float()
-        return logits, out.iou_scores[0].flatten().float()
+        return logits, iou
 
-    def _process_crop(self, embedding: torch.Tensor, frame: EmbeddingFrame, crop_box: list[int],
+    def _process_crop(self, embedding: ImageEncoding, frame: EmbeddingFrame, crop_box: list[int],
                       orig_size: tuple[int, int], points01: np.ndarray) -> MaskSet:
         cfg = self.config
         crop_h, crop_w = frame.original
@@ -350,18 +366,13 @@ class MaskGenerator:
         return 1.0 if self.config.large_masks == "stuff" else self.config.max_area_fraction
 
     def _upsample_and_check(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size) -> MaskSet:
-        """Upsample survivors in chunks (as SamProcessor.post_process_masks) and apply exact filters."""
+        """Upsample survivors in chunks (as the family's processor does) and apply exact filters."""
         cfg = self.config
-        crop_h, crop_w = frame.original
         parts = []
         for start in range(0, logits.shape[0], cfg.upsample_chunk):
             chunk = logits[start:start + cfg.upsample_chunk]
             with self._timed("upsample"):
-                full = F.interpolate(chunk[:, None], (frame.padded, frame.padded), mode="bilinear", align_corners=False)
-                full = full[..., : frame.resized[0], : frame.resized[1]]
-                if (crop_h, crop_w) != frame.resized:  # a same-size bilinear resize is the identity: skip it
-                    full = F.interpolate(full, (crop_h, crop_w), mode="bilinear", align_corners=False)
-                full = full[:, 0]
+                full = self.adapter.upsample(chunk[:, None], frame)[:, 0]
             with self._timed("filter"):
                 stab = amg.stability_score(full, cfg.mask_threshold, cfg.stability_score_offset)
                 masks = full > cfg.mask_threshold
@@ -384,7 +395,7 @@ class MaskGenerator:
             parts.append(MaskSet(masks, boxes, sel_iou, sel_stab, areas.to(torch.int64), sel_pts))
         return MaskSet.cat(parts)
 
-    def _densify(self, embedding: torch.Tensor, frame: EmbeddingFrame, masks: MaskSet, prompts: int) -> MaskSet:
+    def _densify(self, embedding: ImageEncoding, frame: EmbeddingFrame, masks: MaskSet, prompts: int) -> MaskSet:
         """Further prompt rounds where the kept masks leave the image uncovered (sam/densify.py).
 
         Each round prompts the cells of a grid twice as fine that are mostly uncovered, adds the new
@@ -452,12 +463,18 @@ class MaskGenerator:
             if cfg.min_mask_region_area > 0:  # after crops are merged, as segment-anything does
                 with self._timed("cleanup"):
                     masks = postprocess_small_regions(masks, cfg.min_mask_region_area, cfg.box_nms_thresh)
-            results.append(GeneratedMasks(masks, embedding.float(), frame))
+            results.append(GeneratedMasks(masks, embedding.embedding.float(), frame))
         return results
 
 
 def load_sam_image_processor(name_or_path: str, revision: str | None = None):
-    """The SAM image processor with the PIL backend (torchvision is not needed)."""
-    from transformers import SamImageProcessorPil
+    """The preprocessing of a checkpoint of any SAM family, without torchvision.
 
-    return SamImageProcessorPil.from_pretrained(name_or_path, revision=revision)
+    SAM and SAM-HQ: `SamImageProcessorPil`; SAM 2, EdgeTAM, SAM 3 tracker: `SquarePreprocessor`, from the
+    checkpoint's processor config. The family is read from its config.json; a folder without one is SAM.
+    """
+    try:
+        family, _ = read_family(name_or_path, revision)
+    except OSError:
+        family = FAMILIES["sam"]
+    return load_family_processor(family, name_or_path, revision)
