@@ -12,12 +12,18 @@
 5. `results.json`, `results.md` (mean, per seed, paired differences to scratch, the ratio
    (ALPS - scratch) / (GT - scratch)) and `benchmark_pseudo_labels.png`; the table is printed.
 
+`--baselines-from DIR` reuses the scenes, datasets, ground-truth pre-training and the scratch / GT
+fine-tunes of an earlier run with the same sizes and seeds in DIR (they do not depend on the
+pseudo-labels), so a second labeling variant costs only its labeling, pre-training and ALPS
+fine-tunes; results DIR is still writing are waited for.
+
 Every step is an `alps-hf` command in its own process with one thread (`OMP_NUM_THREADS=1`);
 `--jobs 2` runs two at once, as soon as their inputs exist (the scratch runs do not wait for
 labeling). A step whose result exists is skipped on a rerun (`--rerun` redoes them).
 
     python scripts/benchmark_pseudo_labels.py --output bench-default --jobs 2
-    python scripts/benchmark_pseudo_labels.py --output bench-paper --label-args "--preset alps-paper"
+    python scripts/benchmark_pseudo_labels.py --output bench-paper --label-args "--preset alps-paper" \
+        --baselines-from bench-default
     python scripts/benchmark_pseudo_labels.py --output /tmp/tiny --tiny      # seconds, for the test
 
 Default size (issue 10): 96 unlabeled, 48 labeled (3 used per seed), 24 validation scenes of 512 px;
@@ -107,49 +113,66 @@ def data_jobs(args, out: Path) -> list[Job]:
     return jobs
 
 
-def pretrain_jobs(args, out: Path) -> list[Job]:
-    """Labeling, scoring and the two pre-training runs (on pseudo-labels, on ground truth)."""
-    label = alps("label", str(out / "scenes" / "unlabeled" / "images"), "--output", str(out / "pseudo"),
+def pretrain_jobs(args, out: Path, data: Path) -> list[Job]:
+    """Labeling, scoring and the two pre-training runs (on pseudo-labels, on ground truth); scenes read from `data`."""
+    label = alps("label", str(data / "scenes" / "unlabeled" / "images"), "--output", str(out / "pseudo"),
                  "--sam", str(args.sam), "--pred-iou-thresh", "0.5", "--stability-score-thresh", "0.8",
                  "--num-clusters", str(args.clusters), "--overwrite", *shlex.split(args.label_args))
-    score = alps("score", str(out / "pseudo"), "--ground-truth", str(out / "scenes" / "unlabeled"),
+    score = alps("score", str(out / "pseudo"), "--ground-truth", str(data / "scenes" / "unlabeled"),
                  "--id2label", json.dumps(CLASSES), "--output", str(out / "score.json"))
     jobs = [Job("label", label, out / "pseudo" / "README.md", ("scenes-unlabeled",)),
             Job("score", score, out / "score.json", ("label",))]
-    for start, dataset, dep in (("alps", out / "pseudo", "label"), ("gt", out / "gt-dataset", "gt-dataset")):
+    for start, dataset, dep in (("alps", out / "pseudo", "label"), ("gt", data / "gt-dataset", "gt-dataset")):
         cmd = alps("pretrain", "--dataset", str(dataset), "--output", str(out / f"pretrain-{start}"), *scratch_model(args),
                    "--max-steps", str(args.pretrain_steps), "--seed", "0", "--eval-split", "none", *train_flags(args))
         jobs.append(Job(f"pretrain-{start}", cmd, out / f"pretrain-{start}" / "metrics.json", (dep,)))
     return jobs
 
 
-def finetune_dir(out: Path, steps: int, seed: int, start: str) -> Path:
-    """Where the fine-tuned model of one (length, seed, start) lives."""
-    return out / "finetune" / f"steps{steps}" / f"seed{seed}" / start
+def finetune_dir(out: Path, steps: int, seed: int, start: str, base: Path | None = None) -> Path:
+    """Where the fine-tuned model of one (length, seed, start) lives: in `base` for scratch / GT when given."""
+    return (base if base is not None and start != "alps" else out) / "finetune" / f"steps{steps}" / f"seed{seed}" / start
 
 
-def finetune_jobs(args, out: Path) -> list[Job]:
-    """One fine-tune per (length, seed, start); the seed picks the labeled scenes, the same for each start."""
+# Jobs that do not depend on the pseudo-labels: `--baselines-from` takes their results from another run.
+BASELINE_JOBS = ("scenes-", "gt-dataset", "labeled-", "pretrain-gt", "finetune-")
+
+
+def is_baseline(job: Job) -> bool:
+    """True for a job whose result is the same for every labeling variant (scratch / GT fine-tunes included)."""
+    if job.name.startswith("finetune-"):
+        return not job.name.endswith("-alps")
+    return job.name.startswith(BASELINE_JOBS)
+
+
+def finetune_jobs(args, out: Path, data: Path) -> list[Job]:
+    """One fine-tune per (length, seed, start); the seed picks the labeled scenes, the same for each start.
+
+    The labeled data and the GT checkpoint are read from `data` (the `--baselines-from` run, else `out`).
+    """
     jobs = []
     for steps in args.finetune_steps:
         for seed in args.seeds:
             for start in STARTS:
                 folder = finetune_dir(out, steps, seed, start)
-                model = scratch_model(args) if start == "scratch" else ["--init", str(out / f"pretrain-{start}")]
+                init = (out if start == "alps" else data) / f"pretrain-{start}"
+                model = scratch_model(args) if start == "scratch" else ["--init", str(init)]
                 deps = ("labeled-validation",) if start == "scratch" else ("labeled-validation", f"pretrain-{start}")
-                cmd = alps("finetune", "--dataset", str(out / "labeled"), "--output", str(folder), *model,
+                cmd = alps("finetune", "--dataset", str(data / "labeled"), "--output", str(folder), *model,
                            "--train-samples", str(args.labeled_per_run), "--seed", str(seed), "--max-steps", str(steps),
                            *train_flags(args))
                 jobs.append(Job(f"finetune-{steps}-{seed}-{start}", cmd, folder / "metrics.json", deps))
     return jobs
 
 
-def run_jobs(jobs: list[Job], workers: int, logs: Path, rerun: bool) -> None:
+def run_jobs(jobs: list[Job], workers: int, logs: Path, rerun: bool, external: dict[str, Path] | None = None) -> None:
     """Run `jobs` (a DAG by name) with `workers` at a time, each with one thread; stop at the first failure.
 
     Jobs are started in list order as soon as their dependencies are done, so the list order is the
-    priority (the long labeling chain first).
+    priority (the long labeling chain first). `external` maps names of jobs another run does (the
+    `--baselines-from` run) to their result files: such a dependency is done once its file exists.
     """
+    external = dict(external or {})
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = {j.name for j in jobs if j.result.exists() and not rerun}
@@ -169,13 +192,20 @@ def run_jobs(jobs: list[Job], workers: int, logs: Path, rerun: bool) -> None:
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending or running:
+            for name, path in list(external.items()):
+                if path.exists():
+                    done.add(name)
+                    del external[name]
             for job in [j for j in pending if all(d in done for d in j.deps)][: workers - len(running)]:
                 pending.remove(job)
                 running[pool.submit(execute, job)] = job
                 print(f"[start] {job.name}", flush=True)
             if not running:
-                raise SystemExit(f"jobs {[j.name for j in pending]} wait for jobs that never ran")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                if not external:
+                    raise SystemExit(f"jobs {[j.name for j in pending]} wait for jobs that never ran")
+                time.sleep(10)  # waiting for the --baselines-from run
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED, timeout=10 if external else None)
             for future in finished:
                 job = running.pop(future)
                 if future.result() != 0:
@@ -188,15 +218,18 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def collect(args, out: Path) -> dict:
-    """Per (length, start): mIoU per seed and mean, per-class IoU means, paired differences, the gain ratio."""
+def collect(args, out: Path, base: Path | None = None) -> dict:
+    """Per (length, start): mIoU per seed and mean, per-class IoU means, paired differences, the gain ratio.
+
+    Scratch and GT results are read from `base` when given (`--baselines-from`).
+    """
     lengths = {}
     for steps in args.finetune_steps:
         per_seed = {s: [] for s in STARTS}
         per_class: dict[str, dict[str, list[float]]] = {s: {} for s in STARTS}
         for seed in args.seeds:
             for start in STARTS:
-                scores = json.loads((finetune_dir(out, steps, seed, start) / "metrics.json").read_text())["eval"]
+                scores = json.loads((finetune_dir(out, steps, seed, start, base) / "metrics.json").read_text())["eval"]
                 per_seed[start].append(scores["mean_iou"])
                 for name, iou in scores["per_class_iou"].items():
                     per_class[start].setdefault(name, []).append(iou if iou is not None else float("nan"))
@@ -288,6 +321,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Peak lr of encoder and head alike.")
     parser.add_argument("--rerun", action="store_true", help="Redo steps whose result exists.")
+    parser.add_argument("--baselines-from", type=Path, default=None,
+                        help="An earlier run's --output with the same sizes and seeds: its scenes, datasets, GT "
+                             "pre-training and scratch / GT fine-tunes are reused (waited for while it runs).")
     args = parser.parse_args(argv)
     args.overrides = SMALL_SEGFORMER
     if args.tiny:
@@ -306,12 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     # Priority order: the labeling chain is the longest, so it starts first.
-    jobs = data_jobs(args, out) + pretrain_jobs(args, out) + finetune_jobs(args, out)
+    base = args.baselines_from
+    data = base if base is not None else out
+    jobs = data_jobs(args, data) + pretrain_jobs(args, out, data) + finetune_jobs(args, out, data)
     order = ["scenes-unlabeled", "label", "score", "pretrain-alps"]
     jobs.sort(key=lambda j: order.index(j.name) if j.name in order else len(order))
-    run_jobs(jobs, args.jobs, out / "logs", args.rerun)
+    external = {}
+    if base is not None:
+        if base.resolve() == out.resolve():
+            raise SystemExit("--baselines-from must be another run's folder than --output")
+        external = {j.name: j.result for j in jobs if is_baseline(j)}
+        jobs = [j for j in jobs if not is_baseline(j)]
+    run_jobs(jobs, args.jobs, out / "logs", args.rerun, external)
     score = json.loads((out / "score.json").read_text())
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "rerun")}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("output", "rerun")}
     settings["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.jobs} jobs x 1 thread, Python {platform.python_version()}"
     results = {
         "settings": settings,
@@ -319,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                           "hungarian_miou": score["whole_image"]["hungarian"]["mean_iou"],
                           "covered_majority_miou": score["covered_pixels"]["majority"]["mean_iou"],
                           "per_class_iou": score["whole_image"]["majority"]["per_class_iou"]},
-        "finetune": collect(args, out),
+        "finetune": collect(args, out, base),
         "job_seconds": {j.name: round(j.seconds, 1) for j in jobs if j.seconds},
         "total_seconds": time.perf_counter() - began,
     }

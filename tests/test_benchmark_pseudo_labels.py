@@ -27,7 +27,7 @@ def test_default_settings_are_the_issue_measurement():
     assert (args.clusters, args.pretrain_steps, args.finetune_steps, len(args.seeds)) == (10, 500, [200, 700], 3)
     assert (args.crop_size, args.batch_size, args.learning_rate, args.seed0) == (256, 8, 1e-3, 900_000)
     assert args.overrides["hidden_sizes"] == [16, 32, 64, 128]
-    jobs = {j.name: j for j in bench.finetune_jobs(args, Path("out"))}
+    jobs = {j.name: j for j in bench.finetune_jobs(args, Path("out"), Path("out"))}
     assert len(jobs) == 2 * 3 * 3
     gt = jobs["finetune-200-1-gt"]
     assert "--init" in gt.cmd and "--model-config-overrides" not in gt.cmd and gt.deps == ("labeled-validation", "pretrain-gt")
@@ -55,9 +55,10 @@ def test_collect_pairs_seeds_and_gives_the_ratio(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_run_writes_results(tmp_path):
+    first = tmp_path / "first"
     bench = _load()
-    assert bench.main(["--output", str(tmp_path), "--tiny"]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    assert bench.main(["--output", str(first), "--tiny"]) == 0
+    results = json.loads((first / "results.json").read_text())
     assert set(results["finetune"]) == {"2"}
     r = results["finetune"]["2"]
     for start in ("scratch", "alps", "gt"):
@@ -66,10 +67,22 @@ def test_tiny_run_writes_results(tmp_path):
     assert set(r["paired"]) == {"alps-scratch", "gt-scratch"}
     q = results["pseudo_labels"]
     assert 0 <= q["coverage"] <= 1 and set(q["per_class_iou"]) == {"building", "land", "road", "vegetation", "water"}
-    assert json.loads((tmp_path / "score.json").read_text())["images"] == 3
-    assert (tmp_path / "benchmark_pseudo_labels.png").stat().st_size > 1000
-    assert "fine-tune 2 steps: validation mIoU" in (tmp_path / "results.md").read_text()
+    assert json.loads((first / "score.json").read_text())["images"] == 3
+    assert (first / "benchmark_pseudo_labels.png").stat().st_size > 1000
+    assert "fine-tune 2 steps: validation mIoU" in (first / "results.md").read_text()
     # a rerun skips every finished step and writes the same table
-    assert bench.main(["--output", str(tmp_path), "--tiny"]) == 0
-    again = json.loads((tmp_path / "results.json").read_text())
+    assert bench.main(["--output", str(first), "--tiny"]) == 0
+    again = json.loads((first / "results.json").read_text())
     assert again["finetune"] == results["finetune"] and again["job_seconds"] == {}
+    # a second labeling variant reuses the first run's scenes and scratch / GT runs: only its own steps run
+    paper = tmp_path / "paper"
+    assert bench.main(["--output", str(paper), "--tiny", "--label-args", "--preset alps-paper",
+                       "--baselines-from", str(first)]) == 0
+    variant = json.loads((paper / "results.json").read_text())
+    assert set(variant["job_seconds"]) == {"label", "score", "pretrain-alps", "finetune-2-0-alps", "finetune-2-1-alps",
+                                           "finetune-2-2-alps"}
+    assert not (paper / "scenes").exists() and not (paper / "finetune" / "steps2" / "seed0" / "scratch").exists()
+    for start in ("scratch", "gt"):
+        assert variant["finetune"]["2"]["per_seed"][start] == results["finetune"]["2"]["per_seed"][start]
+    assert variant["settings"]["label_args"].endswith("--preset alps-paper")
+    assert json.loads((paper / "pseudo" / "label_config.json").read_text())["preset"] == "alps-paper"
