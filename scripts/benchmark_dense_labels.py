@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Cost and reach of dense labeling (issue 10): prompts, time, coverage and the 32x32 grid's masks found.
+
+Three labeling variants run pass 1 (masks, features, segment map, fill) on the same held-out synthetic
+scenes with the same loaded SAM, in one process, interleaved image by image (the order rotates per
+image, so a slow moment of a shared machine does not fall on one variant):
+
+- `paper-16`: the ALPS paper settings (large masks dropped, no fill, no densify) at a 16x16 grid;
+  the old default at the default grid of the dense preset: "today's labeling at the same grid";
+- `dense`: the default preset (16x16 grid, 2 densify rounds within a 512-prompt budget, stuff, fill);
+- `paper-32`: the ALPS paper preset (plain 32x32 grid, 1024 prompts).
+
+Per variant: seconds per image (all of pass 1 for one image), prompts decoded per image, the share of
+pixels under a kept mask and under a segment (fill included). Paired per image: time of `dense` over
+`paper-16`, prompts of `dense` over `paper-32`, and the share of `paper-32`'s kept masks that `dense`
+recovers (a mask of `dense` with IoU >= 0.9; `paper-16` for reference).
+
+    python scripts/benchmark_dense_labels.py --num-images 12 --threads 2
+    python scripts/benchmark_dense_labels.py --num-images 1 --size 128 --json /tmp/d.json   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from alps_hf.labeling.config import LabelConfig
+from alps_hf.labeling.inputs import ImageItem, LoadedImage
+from alps_hf.labeling.pipeline import Pass1Runner
+from alps_hf.labeling.writer import decode_png
+from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MAKE_SCENES = SHARED / "data" / "synthetic_scenes" / "make_scenes.py"
+TOY_SAM = SHARED / "models" / "toy-sam"
+VARIANTS = {
+    "paper-16": {"preset": "alps-paper", "points_per_side": 16},
+    "dense": {"preset": "dense"},
+    "paper-32": {"preset": "alps-paper"},
+}
+RECOVERY_IOU = 0.9
+
+
+def scenes(folder: Path, n: int, size: int, seed0: int) -> list[Path]:
+    """Make `n` synthetic scenes (held-out seeds) with the shared generator; their image files in order."""
+    subprocess.run([sys.executable, str(MAKE_SCENES), str(folder), "--n", str(n), "--size", str(size),
+                    "--seed0", str(seed0)], check=True, stdout=subprocess.DEVNULL)
+    return sorted((folder / "images").glob("*.png"))
+
+
+def runners(sam: str, args) -> dict[str, Pass1Runner]:
+    """One Pass1Runner per variant, all on the same loaded model (pred IoU / stability as the benchmarks use)."""
+    from transformers import SamModel
+
+    from alps_hf.sam.generator import load_sam_image_processor
+
+    model, processor = SamModel.from_pretrained(sam), load_sam_image_processor(sam)
+    out = {}
+    for name, settings in VARIANTS.items():
+        cfg = LabelConfig(inputs=["-"], output="-", sam=sam, num_clusters=2, pred_iou_thresh=args.pred_iou_thresh,
+                          stability_score_thresh=args.stability_score_thresh, **settings)
+        out[name] = Pass1Runner(MaskGenerator(model, processor, MaskGeneratorConfig.settings_of(cfg)), cfg)
+    return out
+
+
+def label_one(runner: Pass1Runner, index: int, path: Path) -> dict:
+    """Pass 1 on one image: seconds, prompts, kept masks (bool, H x W each), coverage by masks and by segments."""
+    captured = {}
+    generate = runner.generator.generate
+
+    def spy(images):
+        captured["out"] = generate(images)
+        return captured["out"]
+
+    runner.generator.generate = spy
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    loaded = LoadedImage(rgb=rgb, image_bytes=path.read_bytes())
+    before = runner.generator.counts["decoder_prompts"]
+    start = time.perf_counter()
+    (record,) = runner.label_batch([(index, ImageItem(path.name, lambda: loaded), loaded)])
+    seconds = time.perf_counter() - start
+    runner.generator.generate = generate
+    if record.error:
+        raise SystemExit(f"{path.name}: {record.error}")
+    masks = captured["out"][0].masks.masks.cpu()
+    segments = decode_png(record.segments_png)
+    return {"seconds": seconds, "prompts": runner.generator.counts["decoder_prompts"] - before,
+            "masks": masks, "mask_coverage": float(masks.any(dim=0).float().mean()) if len(masks) else 0.0,
+            "segment_coverage": float((segments > 0).mean()), "kept_masks": int(len(masks))}
+
+
+def recovered(reference: torch.Tensor, found: torch.Tensor, threshold: float = RECOVERY_IOU) -> float | None:
+    """Share of `reference` masks (N, H, W) that some mask of `found` (M, H, W) matches with IoU >= threshold."""
+    if not len(reference):
+        return None
+    if not len(found):
+        return 0.0
+    a, b = reference.flatten(1).float(), found.flatten(1).float()
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    iou = inter / union.clamp_min(1)
+    return float((iou.max(dim=1).values >= threshold).float().mean())
+
+
+def _stats(values: list[float]) -> dict:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if not len(arr):
+        return {"mean": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()), "n": int(len(arr))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--sam", default=str(TOY_SAM), help="SAM folder (default: the toy SAM).")
+    p.add_argument("--num-images", type=int, default=12)
+    p.add_argument("--size", type=int, default=512, help="Scene size in pixels.")
+    p.add_argument("--seed0", type=int, default=900_400,
+                   help="First scene seed (held out: >= 900000 and not the pseudo-label benchmark's 900000-900167).")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.5)
+    p.add_argument("--stability-score-thresh", type=float, default=0.8)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
+    p.add_argument("--json", default="benchmark_dense_labels.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = scenes(Path(tmp), args.num_images, args.size, args.seed0)
+        runs = runners(args.sam, args)
+        label_one(runs["paper-16"], -1, paths[0])  # warm-up: first-call allocations fall on no variant
+        names = list(VARIANTS)
+        per_image = []
+        for i, path in enumerate(paths):
+            order = names[i % len(names):] + names[:i % len(names)]
+            got = {name: label_one(runs[name], i, path) for name in order}
+            row = {name: {k: v for k, v in r.items() if k != "masks"} for name, r in got.items()}
+            row["time_dense_over_paper16"] = got["dense"]["seconds"] / got["paper-16"]["seconds"]
+            row["prompts_dense_over_paper32"] = got["dense"]["prompts"] / got["paper-32"]["prompts"]
+            row["recovered_by_dense"] = recovered(got["paper-32"]["masks"], got["dense"]["masks"])
+            row["recovered_by_paper16"] = recovered(got["paper-32"]["masks"], got["paper-16"]["masks"])
+            row["image"] = path.name
+            per_image.append(row)
+            print(f"[{i + 1}/{len(paths)}] {path.name}: " + ", ".join(
+                f"{n} {row[n]['seconds']:.1f} s / {row[n]['prompts']} prompts" for n in names), flush=True)
+    summary = {name: {key: _stats([r[name][key] for r in per_image])
+                      for key in ("seconds", "prompts", "kept_masks", "mask_coverage", "segment_coverage")}
+               for name in names}
+    paired = {key: _stats([r[key] for r in per_image])
+              for key in ("time_dense_over_paper16", "prompts_dense_over_paper32", "recovered_by_dense",
+                          "recovered_by_paper16")}
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+    result = {"settings": {**{k: v for k, v in vars(args).items() if k != "json"}, "variants": VARIANTS,
+                           "recovery_iou": RECOVERY_IOU, "machine": machine},
+              "summary": summary, "paired": paired, "per_image": per_image}
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"benchmark_dense_labels: {len(paths)} scenes of {args.size} px (seeds from {args.seed0}), "
+          f"{Path(args.sam).name}, pred IoU {args.pred_iou_thresh}, stability {args.stability_score_thresh}; {machine}")
+    print(f"{'variant':<10} {'s/img':>7} {'prompts':>8} {'masks':>6} {'mask cov':>9} {'segment cov':>12}")
+    for name in names:
+        s = summary[name]
+        print(f"{name:<10} {s['seconds']['mean']:7.2f} {s['prompts']['mean']:8.1f} {s['kept_masks']['mean']:6.1f} "
+              f"{100 * s['mask_coverage']['mean']:8.1f}% {100 * s['segment_coverage']['mean']:11.1f}%")
+    for key, label in (("time_dense_over_paper16", "time dense / paper-16 (paired per image)"),
+                       ("prompts_dense_over_paper32", "prompts dense / paper-32"),
+                       ("recovered_by_dense", f"paper-32 masks recovered by dense (IoU >= {RECOVERY_IOU})"),
+                       ("recovered_by_paper16", "paper-32 masks recovered by paper-16")):
+        s = paired[key]
+        if s["n"]:
+            print(f"{label}: mean {s['mean']:.3f} (min {s['min']:.3f}, max {s['max']:.3f}, {s['n']} images)")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
