@@ -133,7 +133,7 @@ def pipeline_comparison(model, processor, images, points_per_side, device) -> di
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", default="tiny", help="tiny | toy (../shared/models/toy-sam) | vit-b (random weights)")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--num-images", type=int, default=2)

@@ -188,7 +188,7 @@ def bench_label(n_images: int, processes: int, threads: int, points_per_side: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="feature counts")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--clusters", type=int, default=46)

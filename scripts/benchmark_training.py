@@ -99,7 +99,7 @@ def alps_loop(args, dataset_folder: Path, overrides, workdir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", default="segformer-b0", help="Named SegFormer variant.")
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=None,
                         help="Shrink the model (default: on without a GPU) so a CPU run takes seconds.")

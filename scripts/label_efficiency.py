@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--dataset", required=True, help="Labeled dataset (train + evaluation split).")
     parser.add_argument("--model", required=True, help="Named variant, e.g. segformer-b2 (the same for every initialisation).")
     parser.add_argument("--pretrained", help="ALPS checkpoint (output of alps-hf pretrain) for the 'alps' initialisation.")

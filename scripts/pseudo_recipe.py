@@ -67,7 +67,7 @@ def write_patches(images: Iterator[tuple[str, np.ndarray]], out_dir: Path, patch
 
 
 def parser(description: str, repo_id: str, patch: int, overlap: int) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False)
     p.add_argument(
         "--source", required=True, help="Folder of source images, or a Hub dataset id with an image column."
     )

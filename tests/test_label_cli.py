@@ -452,7 +452,10 @@ def test_label_a_dataset_folder_as_input(labeled, tmp_path, tiny_sam_dir):
     out = tmp_path / "relabeled"
     assert label(labeled, out, tiny_sam_dir, "--num-clusters", "3", "--shard-size", "2", *TINY) == 0
     raw = rows(out)
-    assert [r["source"] for r in raw] == [f"{labeled}:train[{i}]" for i in range(4)]
+    assert [r["source"] for r in raw] == [f"{labeled.name}:train[{i}]" for i in range(4)]
+    # the folder is named, never its local path (rows, alps_dataset.json and card are published)
+    assert json.loads((out / "alps_dataset.json").read_text())["source"] == f"dataset folder {labeled.name}"
+    assert str(labeled) not in (out / "README.md").read_text()
     assert [r["image"]["bytes"] for r in raw] == [r["image"]["bytes"] for r in rows(labeled)]
     # same pixels, same settings, same seed: the same labels
     assert label_bytes(out) == label_bytes(labeled)

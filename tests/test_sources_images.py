@@ -140,7 +140,7 @@ def test_saved_dataset_and_hub_layout_inputs(tmp_path):
     ds = Dataset.from_dict({"pixels": [{"bytes": b, "path": None} for b in pngs], "idx": [0, 1, 2]}, features=feats)
     ds.save_to_disk(tmp_path / "saved")
     inputs = resolve_inputs([str(tmp_path / "saved")], image_column="pixels")
-    assert [it.source for it in inputs.items] == [f"{tmp_path / 'saved'}:train[{i}]" for i in range(3)]
+    assert [it.source for it in inputs.items] == [f"saved:train[{i}]" for i in range(3)]
     assert [it.load().rgb.shape for it in inputs.items] == [(6, 5, 3), (7, 5, 3), (8, 5, 3)]
     assert inputs.items[1].load().image_bytes == pngs[1]
     with pytest.raises(InputError, match=r"no column 'image'.*--image-column"):

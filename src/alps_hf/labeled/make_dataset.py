@@ -35,7 +35,7 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 _WRITE_BATCH = 32
 _FOLDERS_HELP = (
     "IMAGES LABELS: a folder of images and a folder of label masks with the same file names (suffix ignored), "
-    "or one folder holding images/ and labels/. Positional."
+    "or one folder holding images/ and labels/."
 )
 
 

@@ -252,11 +252,13 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
         target = inputs[0]
         path = Path(target)
         if path.is_dir():
+            # Rows and the card name a local dataset by its folder's name: a local path is no one else's business.
+            shown = path.resolve().name
             if _is_saved_dataset(path):
                 from datasets import load_from_disk
 
                 ds = _pick_split(load_from_disk(str(path)), target, split)
-                return InputSet(_dataset_items(ds, target, split, image_column), f"load_from_disk({target!r})")
+                return InputSet(_dataset_items(ds, shown, split, image_column), f"dataset folder {shown} (save_to_disk)")
             if _is_hub_layout(path):
                 from datasets import load_dataset
 
@@ -264,7 +266,7 @@ def resolve_inputs(inputs: list[str], split: str = "train", image_column: str = 
                     ds = load_dataset(str(path), split=split)
                 except ValueError as err:
                     raise InputError(f"cannot read split {split!r} of dataset folder {target}: {err}") from None
-                return InputSet(_dataset_items(ds, target, split, image_column), f"load_dataset({target!r})")
+                return InputSet(_dataset_items(ds, shown, split, image_column), f"dataset folder {shown}")
             files = list_image_files(path, exclude)
             if not files:
                 raise InputError(f"input folder {target} holds no files; point to a folder with images")

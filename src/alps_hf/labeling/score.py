@@ -46,7 +46,7 @@ _MAX_CLASSES = IGNORE_INDEX
 class ScoreConfig:
     """Everything `alps-hf score` needs: the pseudo-labeled folder, the ground truth, the report path."""
 
-    pseudo: str = arg(None, "A folder written by `alps-hf label` / `recluster` (rows with `label` and `source`). Positional.")
+    pseudo: str = arg(None, "A folder written by `alps-hf label` / `recluster` (rows with `label` and `source`).")
     ground_truth: list[str] = arg(
         [],
         "Ground truth: a labeled dataset (folder, save_to_disk folder or Hub id), one folder holding images/ and "
