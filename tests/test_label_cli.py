@@ -51,6 +51,12 @@ def test_label_writes_a_loadable_hub_layout_dataset(labeled, tiny_sam_dir):
     # a local SAM is named by its folder only and identified by the hash of its weights (issue 12)
     assert f"`{tiny_sam_dir.name} (local folder)`" in readme and str(tiny_sam_dir) not in readme
     assert "| SAM revision | local weights, sha256 of `model.safetensors`: `" in readme
+    # the hash is taken at label time and recorded, so a later change of the folder cannot change the card
+    import hashlib
+
+    digest = hashlib.sha256((tiny_sam_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert json.loads((labeled / "alps_dataset.json").read_text())["sam_weights"] == ["model.safetensors", digest]
+    assert f"`{digest}`" in readme
     assert "were cut into" not in readme  # no window paragraph when nothing was tiled
     assert json.loads((labeled / "alps_dataset.json").read_text())["tiling"]["scenes"] == 0
 
@@ -117,6 +123,8 @@ def test_recluster_output_leaves_the_source_folder_untouched(labeled, tmp_path, 
     assert json.loads((new / "label_config.json").read_text())["num_clusters"] == 2
     info = json.loads((new / "alps_dataset.json").read_text())
     assert info["reclustered_from"] == "source" and info["num_clusters"] == 2
+    # the SAM weights hash of pass 1 is carried over, not taken again from whatever the folder holds now
+    assert info["sam_weights"] == json.loads((source / "alps_dataset.json").read_text())["sam_weights"]
     # the new folder is a run of its own: reclustering it back to K = 3 gives the original labels
     assert main(["recluster", str(new), "--num-clusters", "3"]) == 0
     assert label_bytes(new) == label_bytes(labeled)

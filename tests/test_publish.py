@@ -443,3 +443,35 @@ def test_commit_message_and_card_name_a_local_sam_by_folder_only(dataset_dir, tm
     )
     readme = (api.received / "README.md").read_text()
     assert str(tmp_path) not in readme and "home/me" not in readme and "toy-sam (local folder)" in readme
+
+
+def test_staged_json_files_name_no_local_path(dataset_dir, model_src, tmp_path):
+    """label_config.json / alps_dataset.json / training records are uploaded: local folders by name only."""
+    sam = tmp_path / "models" / "my-sam"
+    info = json.loads((dataset_dir / "alps_dataset.json").read_text())
+    info["sam_model"] = str(sam)
+    (dataset_dir / "alps_dataset.json").write_text(json.dumps(info, indent=2))
+    config = {"inputs": [str(tmp_path / "tiles")], "output": str(dataset_dir), "sam": str(sam), "clusters": None,
+              "num_clusters": 4, "split": "train"}
+    (dataset_dir / "label_config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in dataset_dir.glob("*.json")}
+    staged = tmp_path / "staged"
+    stage(dataset_dir, staged, repo_id="alps/x")
+    got = json.loads((staged / "label_config.json").read_text())
+    assert got == {**config, "inputs": ["tiles (local folder)"], "output": "pseudo (local folder)",
+                   "sam": "my-sam (local folder)"}
+    staged_info = json.loads((staged / "alps_dataset.json").read_text())
+    assert staged_info["sam_model"] == "my-sam (local folder)"
+    assert staged_info["splits"] == info["splits"]  # relative file names are the folder's own: kept
+    assert list(staged_info["features"]) == list(info["features"])  # column order kept
+    assert validate_dataset(staged)["num_clusters"] == 4
+    for path in staged.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md"):
+            assert str(tmp_path) not in path.read_text(), path.name
+    # the local folder is untouched (resume / recluster read it)
+    assert {p.name: p.read_bytes() for p in dataset_dir.glob("*.json")} == before
+    model_staged = tmp_path / "model-staged"
+    stage(model_src[0], model_staged, repo_id="alps/m")
+    root = str(model_src[0].parent)
+    for path in model_staged.rglob("*.json"):
+        assert root not in path.read_text(), path.name

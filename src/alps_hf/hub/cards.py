@@ -150,6 +150,9 @@ def is_hub_id(value: object) -> bool:
     return repo_id_problem(value) is None and not Path(str(value)).exists()
 
 
+_LOCAL = " (local folder)"
+
+
 def public_name(value: str | None) -> str | None:
     """A dataset / model reference fit for a public card or commit message.
 
@@ -162,9 +165,9 @@ def public_name(value: str | None) -> str | None:
     Returns:
         The Hub id, `"<folder name> (local folder)"`, or `value` itself when empty.
     """
-    if not value or is_hub_id(value):
-        return value
-    return f"{Path(value).name or value} (local folder)"
+    if not value or is_hub_id(value) or value.endswith(_LOCAL):
+        return value  # (a name made public already stays as it is)
+    return f"{Path(value).name or value}{_LOCAL}"
 
 
 def _fmt(value: Any) -> str:
@@ -412,8 +415,11 @@ def _sam_context(info: Mapping[str, Any], run_config: Mapping[str, Any]) -> dict
     if is_hub_id(sam) or sam == "unknown":
         return {"sam_model": sam, "sam_is_hub": sam != "unknown", "sam_revision": info.get("sam_revision"),
                 "sam_weights": None, **names}
+    # The hash recorded at label time; folders from before it was recorded are hashed now, if still here.
+    recorded = info.get("sam_weights")
+    weights = tuple(recorded) if recorded else local_weights_sha256(sam)
     return {"sam_model": public_name(sam), "sam_is_hub": False, "sam_revision": None,
-            "sam_weights": local_weights_sha256(sam), **names}
+            "sam_weights": weights, **names}
 
 
 def _dataset_context(

@@ -17,6 +17,7 @@ passed around, printed or written by this module.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -252,7 +253,39 @@ def stage(
         _write_staged(dest / "README.md", str(render_model_card(folder, repo_id=repo_id)))
     if kind == "dataset" and not (dest / HISTOGRAM_FILE).is_file():
         render_class_histogram(read_json(folder / DATASET_MARKER), dest / HISTOGRAM_FILE)
+    for path in sorted(dest.glob("*.json")):
+        _strip_local_paths(path)
     return kind, card
+
+
+def _public_value(value: Any) -> Any:
+    """`value` with every absolute (or ~) path reduced to `public_name`, in lists and dicts too.
+
+    Relative paths stay: they say nothing about this machine, and the folder's own files are listed
+    relative to it (`data/train-00000-of-00001.parquet`).
+    """
+    if isinstance(value, dict):
+        return {k: _public_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public_value(v) for v in value]
+    if isinstance(value, str) and (value.startswith("~") or Path(value).is_absolute()):
+        return public_name(value)
+    return value
+
+
+def _strip_local_paths(path: Path) -> None:
+    """Rewrite a staged JSON file (label_config.json, alps_dataset.json, ...) without this machine's paths.
+
+    The local folder keeps its files as they are (`--resume` and `recluster` read them); only the copy
+    that is uploaded names local folders by their last component, as the cards and commit message do.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not JSON alps_hf wrote: uploaded as it is
+    public = _public_value(data)
+    if public != data:
+        _write_staged(path, json.dumps(public, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

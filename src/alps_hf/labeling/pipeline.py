@@ -595,10 +595,14 @@ def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0, readi
     Returns:
         A JSON-ready dict; the run adds the stats, splits and seconds.
     """
+    from alps_hf.hub.cards import is_hub_id, local_weights_sha256
+
     gen = asdict(FAMILIES[sam_family].resolve(MaskGeneratorConfig.settings_of(cfg)))
     gen.pop("upsample_chunk", None)
+    # A local SAM has no revision: the hash of its weights, taken now, says which weights made the masks.
+    weights = None if is_hub_id(cfg.sam) else local_weights_sha256(cfg.sam)
     return {"alps_hf_version": __version__, "sam_model": cfg.sam, "sam_revision": cfg.sam_revision,
-            "sam_family": sam_family,
+            "sam_weights": list(weights) if weights else None, "sam_family": sam_family,
             "seed": cfg.seed, "source": description, "license": cfg.license, "pretty_name": cfg.pretty_name,
             "split": cfg.split, "generator": gen, "kmeans": {"passes": cfg.kmeans_passes,
                                                              "batch_size": cfg.kmeans_batch_size},
@@ -696,6 +700,8 @@ def run_recluster(cfg: ReclusterConfig) -> int:
                              tiling.get("scene_readings"), sam_family)
     if separate:
         base["reclustered_from"] = source.name
+    if "sam_weights" in previous:  # hashed when pass 1 ran; the folder may hold other weights by now
+        base["sam_weights"] = previous["sam_weights"]
     info = finish_folder(output, work, num_shards, clusters, names, base, label_cfg.preview_images)
     save_config(label_cfg, config_path, alps_hf_version=__version__, sam_family=sam_family)
     total = sum(work.shard_summary(s)["images"] for s in range(num_shards))
