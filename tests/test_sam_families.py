@@ -23,6 +23,7 @@ from alps_hf.sam.families import (
 )
 from alps_hf.sam.features import mask_features
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
+from label_helpers import TINY, check_dataset, label, png, rows
 from sam_family_fixtures import (
     FAMILY_NAMES,
     input_size,
@@ -247,7 +248,6 @@ def images_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labeled(family, family_dir, images_dir, tmp_path_factory):
-    from label_helpers import TINY, label
 
     out = tmp_path_factory.mktemp("out") / family
     assert label(images_dir, out, family_dir, "--num-clusters", "3", "--preset", "alps-paper", *TINY) == 0
@@ -256,7 +256,6 @@ def labeled(family, family_dir, images_dir, tmp_path_factory):
 
 def test_label_end_to_end_records_the_family(family, labeled):
     from alps_hf.labeling.workdir import WorkDir
-    from label_helpers import check_dataset, png, rows
 
     raw = check_dataset(labeled, 3, ["img0.png", "img1.png", "img2.png"])
     sizes = [(40, 56), (48, 48), (30, 64)]
@@ -277,7 +276,6 @@ def test_label_end_to_end_records_the_family(family, labeled):
 
 def test_recluster_keeps_the_family(family, labeled, tmp_path):
     from alps_hf.cli import main
-    from label_helpers import check_dataset, rows
 
     new = tmp_path / "k2"
     assert main(["recluster", str(labeled), "--num-clusters", "2", "--output", str(new)]) == 0
@@ -288,7 +286,6 @@ def test_recluster_keeps_the_family(family, labeled, tmp_path):
 
 
 def test_label_takes_the_family_default_when_unset(family_dir, family, images_dir, tmp_path):
-    from label_helpers import label
 
     out = tmp_path / "defaults"
     # the random tiny models' masks rarely pass the real thresholds: the run may stop at K-means, after
@@ -302,10 +299,19 @@ def test_label_takes_the_family_default_when_unset(family_dir, family, images_di
 def test_label_refuses_a_model_of_another_kind_before_loading(tmp_path, images_dir, capsys):
     from transformers import SegformerConfig
 
-    from label_helpers import label
 
     folder = tmp_path / "segformer"
     SegformerConfig(num_encoder_blocks=1).save_pretrained(folder)
     assert label(images_dir, tmp_path / "out", folder) == 2
     err = capsys.readouterr().err
     assert "'segformer' model, not SAM" in err and "SAM 2" in err and "EdgeTAM" in err
+
+
+def test_clusters_of_one_run_label_new_images_with_a_square_family(tmp_path, images_dir):
+    """--clusters checks the centroids against the family's feature size (SAM 2: the FPN width)."""
+    folder = save_tiny_family("sam2", tmp_path / "sam2")
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert label(images_dir, first, folder, "--num-clusters", "2", "--preset", "alps-paper", *TINY) == 0
+    assert label(images_dir, second, folder, "--clusters", str(first), "--preset", "alps-paper", *TINY) == 0
+    assert [r["segment_class"] for r in rows(second)] == [r["segment_class"] for r in rows(first)]
+    assert json.loads((second / "label_config.json").read_text())["sam_family"] == "sam2"

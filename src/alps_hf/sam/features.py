@@ -1,7 +1,9 @@
 """Mask features: the SAM image embedding averaged inside each mask.
 
-The embedding (C x E x E) covers the SAM input frame: the image resized so its longest side is the
-input size, then padded at the bottom and right to a square. A mask in original pixels is mapped
+The embedding (C x E x E) covers the SAM input frame. For SAM and SAM-HQ that is the image resized so
+its longest side is the input size, then padded at the bottom and right to a square; for SAM 2, EdgeTAM
+and the SAM 3 tracker the image resized to the whole square (each axis scaled on its own, no padding:
+`resized` = (S, S)). The mapping below is per axis, so it is exact for both. A mask in original pixels is mapped
 into that frame exactly: original pixel (y, x) covers the resized rectangle
 [y*sy, (y+1)*sy) x [x*sx, (x+1)*sx), and embedding cell (i, j) the square
 [i*P, (i+1)*P) x [j*P, (j+1)*P) with P = padded / E. The weight of cell (i, j) is the fraction of
