@@ -353,3 +353,18 @@ def test_label_memory_is_bounded_by_the_window_not_the_scene(tmp_path, tiny_sam_
     # Measured here: +28 MiB (capped caches: GDAL's 64 MiB block cache, the decimated statistics read);
     # with the scene decoded whole, +114 MiB.
     assert growth < decoded_growth / 2, (peaks, growth)
+
+
+def test_score_pairs_the_windows_of_a_scene_with_its_ground_truth(tiled, scenes_dir, tmp_path):
+    """`alps-hf score` of a tiled run: the 9 windows of big.png score its 512 x 512 ground truth once."""
+    from alps_hf.labeling.score import ScoreConfig, score
+
+    gt = tmp_path / "gt"
+    (gt / "images").mkdir(parents=True)
+    (gt / "labels").mkdir()
+    shutil.copy(scenes_dir / "images" / "scene_5002.png", gt / "images" / "big.png")
+    shutil.copy(scenes_dir / "labels" / "scene_5002.png", gt / "labels" / "big.png")
+    report = score(ScoreConfig(pseudo=str(tiled["out"]), ground_truth=[str(gt)], only_matched=True))
+    truth = np.asarray(Image.open(scenes_dir / "labels" / "scene_5002.png"))
+    assert report["images"] == 1 and report["num_pixels"] == int((truth != 255).sum()) == 512 * 512
+    assert report["whole_image"]["majority"]["mean_iou"] > 0.2

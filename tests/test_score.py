@@ -165,3 +165,47 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "expected a folder written by `alps-hf label`" in err and "Traceback" not in err
     assert main(["score", str(tmp_path)]) == 2
     assert "--ground-truth is required" in capsys.readouterr().err
+
+
+def test_tiled_scene_scores_each_pixel_once_as_the_whole_scene(tmp_path):
+    """Windows of a tiled scene pair with the scene's ground truth; overlaps are counted once (by cores)."""
+    from alps_hf.geo.windows import plan_windows, window_source
+
+    rng = np.random.default_rng(3)
+    width, height, tile, overlap = 150, 100, 64, 16
+    truth = rng.integers(0, 3, (height, width), dtype=np.uint8)
+    truth[rng.random((height, width)) < 0.05] = U
+    whole = np.where(rng.random((height, width)) < 0.8, (truth.astype(int) + rng.integers(0, 2, truth.shape)) % 4, U)
+    whole = whole.astype(np.uint8)
+    windows = plan_windows(width, height, tile, overlap)
+    assert len(windows) == 6  # 3 x 2 windows, overlapping
+    # each window's own pixels: the scene's, except outside its core, where a neighbour's value would differ
+    parts = []
+    for w in windows:
+        crop = whole[w.y0:w.y1, w.x0:w.x1].copy()
+        cx0, cy0, cx1, cy1 = w.core_local()
+        outside = np.ones(crop.shape, bool)
+        outside[cy0:cy1, cx0:cx1] = False
+        crop[outside] = 3  # not this window's pixels: must not be scored
+        parts.append((window_source("scenes/big.tif", w), crop,
+                      json.dumps({"scene": "scenes/big.tif", "window": list(w.bounds), "scene_size": [width, height]})))
+    tiled = tmp_path / "tiled"
+    (tiled / "data").mkdir(parents=True)
+    features = datasets.Features({"label": datasets.Image(), "source": datasets.Value("string"),
+                                  "meta": datasets.Value("string")})
+    datasets.Dataset.from_dict({"label": [Image.fromarray(c) for _, c, _ in parts], "source": [s for s, _, _ in parts],
+                                "meta": [m for _, _, m in parts]}, features=features).to_parquet(
+        str(tiled / "data" / "train-00000-of-00001.parquet"))
+    (tiled / "id2label.json").write_text(json.dumps({str(i): f"cluster_{i}" for i in range(4)}))
+    (tiled / "alps_dataset.json").write_text(json.dumps({"tiling": {"window_size": tile, "tile_overlap": overlap}}))
+    plain = write_pseudo(tmp_path / "plain", [("big.png", whole)], k=4)
+    gt = write_gt(tmp_path / "gt", [("big", truth)])
+    got = score(ScoreConfig(pseudo=str(tiled), ground_truth=[str(gt)]))
+    want = score(ScoreConfig(pseudo=str(plain), ground_truth=[str(gt)]))
+    assert got["confusion"] == want["confusion"] and got["unlabeled"] == want["unlabeled"]
+    assert got["num_pixels"] == int((truth != U).sum()) and got["images"] == 1
+    assert got["whole_image"] == want["whole_image"]
+    # a ground truth of another size than the windows' scene is named with both sizes
+    small = write_gt(tmp_path / "gt-small", [("big", truth[:90])])
+    with pytest.raises(DatasetFormatError, match=r"scene 'scenes/big.tif' .* is 150x100 but ground truth .* is 150x90"):
+        score(ScoreConfig(pseudo=str(tiled), ground_truth=[str(small)]))

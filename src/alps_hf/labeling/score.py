@@ -3,7 +3,8 @@
 Ground truth is a labeled dataset (a Hub-layout or `save_to_disk` folder, or a Hub id, e.g. the
 output of `alps-hf make-dataset`) or an images/ + labels/ folder pair. Rows are matched by file
 name without suffix: the pseudo-label's `source` against the ground truth's `source` column (else
-its image file name) or the label file's name. Every name must pair up (`--only-matched` scores
+its image file name) or the label file's name. The windows of a tiled scene are matched by the
+scene's name and each scores the scene pixels it owns (its core), so every pixel counts once. Every name must pair up (`--only-matched` scores
 the names both sides share).
 
 Pseudo-classes have no names, so `alps_hf.metrics.confusion` maps clusters onto classes, many to
@@ -81,14 +82,23 @@ def _decode(value: dict, palette, where: str) -> np.ndarray:
         return label_from_pil(im, palette, where)
 
 
-def pseudo_rows(folder: Path, split: str | None) -> tuple[dict[str, tuple[str, Any]], int]:
-    """The pseudo-label rows of an alps_hf output folder, by key: `{key: (source, label dict)}`, and K.
+def pseudo_rows(folder: Path, split: str | None) -> tuple[dict[str, tuple[str, list]], int]:
+    """The pseudo-label rows of an alps_hf output folder, by key, and K.
+
+    A plain row is `{key: (source, [(None, label dict)])}`. The windows of a tiled scene (`--tile-size`,
+    GeoTIFF) are one entry under the scene's key: `{key: (scene, [(Window, label dict), ...])}`, each
+    window with its core (the scene pixels it owns), so each scene pixel is scored once against the
+    scene's ground truth.
 
     Raises:
         InputError: not an alps_hf output folder, or no shard of `split`.
         DatasetFormatError: two rows share a name.
     """
+    import json
+
     import pyarrow.parquet as pq
+
+    from alps_hf.geo.windows import window_from_meta
 
     if not (folder / "id2label.json").is_file() or not (folder / "data").is_dir():
         raise InputError(f"PSEUDO {str(folder)!r}: expected a folder written by `alps-hf label` (data/*.parquet + id2label.json)")
@@ -96,14 +106,28 @@ def pseudo_rows(folder: Path, split: str | None) -> tuple[dict[str, tuple[str, A
     files = sorted((folder / "data").glob(f"{split or '*'}-*.parquet"))
     if not files:
         raise InputError(f"PSEUDO {str(folder)!r} has no shard data/{split or '*'}-*.parquet; check --split")
-    rows: dict[str, tuple[str, Any]] = {}
+    info = read_json(folder / "alps_dataset.json") if (folder / "alps_dataset.json").is_file() else {}
+    tiling = info.get("tiling") or {}
+    rows: dict[str, tuple[str, list]] = {}
     for f in files:
-        table = pq.read_table(f, columns=["label", "source"])
-        for label, source in zip(table.column("label").to_pylist(), table.column("source").to_pylist(), strict=True):
+        has_meta = "meta" in pq.read_schema(f).names
+        table = pq.read_table(f, columns=["label", "source", *(["meta"] if has_meta else [])])
+        metas = table.column("meta").to_pylist() if has_meta else [None] * table.num_rows
+        for label, source, meta in zip(table.column("label").to_pylist(), table.column("source").to_pylist(), metas,
+                                       strict=True):
+            meta = json.loads(meta or "{}")
+            if "window" in meta:  # one window of a tiled scene
+                window = window_from_meta(meta, tiling.get("window_size"), tiling.get("tile_overlap", 0))
+                scene = meta.get("scene") or source.split("#", 1)[0]
+                key = _key(scene)
+                if key in rows and rows[key][0] != scene:
+                    raise DatasetFormatError(f"PSEUDO: scenes {rows[key][0]!r} and {scene!r} share the name {key!r}; names must be unique to match")
+                rows.setdefault(key, (scene, []))[1].append((window, label))
+                continue
             key = _key(source)
             if key in rows:
                 raise DatasetFormatError(f"PSEUDO: rows {rows[key][0]!r} and {source!r} share the name {key!r}; names must be unique to match")
-            rows[key] = (source, label)
+            rows[key] = (source, [(None, label)])
     return rows, num_clusters
 
 
@@ -189,21 +213,29 @@ def _accumulate(keys: list[str], pseudo: dict, gt: dict, num_clusters: int) -> t
     confusion = np.zeros((num_clusters, _MAX_CLASSES), np.int64)
     unlabeled = np.zeros(_MAX_CLASSES, np.int64)
     for key in keys:
-        source, value = pseudo[key]
+        source, parts = pseudo[key]
         name, load = gt[key]
         truth = load()
-        label = _decode(value, None, f"pseudo-label {source}")
-        if label.shape != truth.shape:
-            raise DatasetFormatError(
-                f"{key}: pseudo-label {source!r} is {label.shape[1]}x{label.shape[0]} but ground truth {name!r} is "
-                f"{truth.shape[1]}x{truth.shape[0]} (W x H); score labels of the same images at the same size"
-            )
-        try:
-            conf, unl = cluster_class_confusion(label, truth, num_clusters, _MAX_CLASSES)
-        except ValueError as err:
-            raise DatasetFormatError(f"{key}: {err} (K = {num_clusters} from the PSEUDO folder's id2label.json)") from None
-        confusion += conf
-        unlabeled += unl
+        for window, value in parts:
+            label = _decode(value, None, f"pseudo-label {source}")
+            if window is None:
+                size, what, part_truth = label.shape, f"pseudo-label {source!r}", truth
+            else:  # the window's core, against the same pixels of the scene's ground truth
+                size, what = (window.scene_size[1], window.scene_size[0]), f"scene {source!r} (its windows' scene_size)"
+                cx0, cy0, cx1, cy1 = window.core_local()
+                label = label[cy0:cy1, cx0:cx1]
+                part_truth = truth[window.y0 + cy0:window.y0 + cy1, window.x0 + cx0:window.x0 + cx1]
+            if tuple(size) != truth.shape:
+                raise DatasetFormatError(
+                    f"{key}: {what} is {size[1]}x{size[0]} but ground truth {name!r} is "
+                    f"{truth.shape[1]}x{truth.shape[0]} (W x H); score labels of the same images at the same size"
+                )
+            try:
+                conf, unl = cluster_class_confusion(label, part_truth, num_clusters, _MAX_CLASSES)
+            except ValueError as err:
+                raise DatasetFormatError(f"{key}: {err} (K = {num_clusters} from the PSEUDO folder's id2label.json)") from None
+            confusion += conf
+            unlabeled += unl
     return confusion, unlabeled, len(keys)
 
 
