@@ -57,7 +57,9 @@ class LabelConfig(MaskGeneratorConfig):
         "Hub-layout dataset folder, or a Hub dataset id (with --split / --image-column).", group=_INPUTS,
     )
     output: str = arg(None, "Output folder (written in Hub dataset layout). Required.", group=_OUTPUT)
-    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder.", metadata=PASS1, group=_SAM)
+    sam: str = arg("facebook/sam-vit-base", "SAM checkpoint: a Hub id or a local `save_pretrained` folder of any SAM "
+                   "family (SAM, SAM-HQ, SAM 2 / 2.1, EdgeTAM, SAM 3 tracker; told by its config.json's model_type), "
+                   "e.g. facebook/sam2.1-hiera-large.", metadata=PASS1, group=_SAM)
     sam_revision: str | None = arg(None, "Hub revision (branch, tag or commit) of --sam.", metadata=PASS1, group=_SAM)
     split: str = arg("train", "Split to read when the input is a dataset; also the split name of the output.", metadata=PASS1, group=_INPUTS)
     image_column: str = arg("image", "Image column when the input is a dataset.", metadata=PASS1, group=_INPUTS)
@@ -107,7 +109,7 @@ class LabelConfig(MaskGeneratorConfig):
     shard_size: int | None = arg(
         None,
         "Images per work shard (the unit of progress, resume and multi-process split). Default: about "
-        f"{TARGET_SHARDS} shards per run, so a killed run loses at most ~1 % of its work; a multiple of "
+        f"{TARGET_SHARDS} shards per run, so a killed run loses at most about one percent of its work; a multiple of "
         f"--image-batch-size, at most {MAX_AUTO_SHARD_SIZE}.", metadata=PASS1, group=_SCALE,
     )
     max_shard_bytes: int = arg(500_000_000, "Target size of each output parquet shard (Hub-friendly ~500 MB).", group=_OUTPUT)
