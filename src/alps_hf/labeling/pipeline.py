@@ -597,7 +597,10 @@ def dataset_info_base(cfg: LabelConfig, description: str, scenes: int = 0, readi
     """
     from alps_hf.hub.cards import is_hub_id, local_weights_sha256
 
-    gen = asdict(FAMILIES[sam_family].resolve(MaskGeneratorConfig.settings_of(cfg)))
+    settings = MaskGeneratorConfig.settings_of(cfg)
+    if sam_family in FAMILIES:  # a name this version does not know (a newer run's) leaves the settings as saved
+        FAMILIES[sam_family].resolve(settings)
+    gen = asdict(settings)
     gen.pop("upsample_chunk", None)
     # A local SAM has no revision: the hash of its weights, taken now, says which weights made the masks.
     weights = None if is_hub_id(cfg.sam) else local_weights_sha256(cfg.sam)
