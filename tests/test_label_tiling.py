@@ -18,7 +18,7 @@ from PIL import Image
 pytest.importorskip("rasterio")
 import rasterio  # noqa: E402
 
-from alps_hf.geo.windows import Window, plan_windows  # noqa: E402
+from alps_hf.geo.windows import Window, plan_windows, window_from_meta  # noqa: E402
 from alps_hf.labeling import pipeline  # noqa: E402
 from alps_hf.labeling.inputs import Tiling, list_image_files, resolve_inputs  # noqa: E402
 from label_helpers import TOY, check_dataset, failures, label, png, rows, run_error  # noqa: E402
@@ -368,3 +368,29 @@ def test_score_pairs_the_windows_of_a_scene_with_its_ground_truth(tiled, scenes_
     truth = np.asarray(Image.open(scenes_dir / "labels" / "scene_5002.png"))
     assert report["images"] == 1 and report["num_pixels"] == int((truth != 255).sum()) == 512 * 512
     assert report["whole_image"]["majority"]["mean_iou"] > 0.2
+
+
+def test_densify_on_windows_keeps_the_seam_rule(tiled, tmp_path, toy_sam_dir):
+    """The default densify rounds run per window; their masks go through the seam rule like the grid's."""
+    scene = tmp_path / "in"
+    scene.mkdir()
+    shutil.copy(tiled["in"] / "geo.tif", scene / "geo.tif")
+    out = tmp_path / "out"
+    assert label(scene, out, toy_sam_dir, "--num-clusters", K, "--tile-size", TILE, "--tile-overlap", OVERLAP,
+                 "--bands", 3, 2, 1, *TOY) == 0
+    info = json.loads((out / "alps_dataset.json").read_text())
+    assert info["generator"]["densify_rounds"] == 2 and info["seconds"]["pass1.densify"] > 0
+    plain = {r["source"]: r for r in rows(tiled["out"])}
+    objects = {"densify": 0, "plain": 0}
+    for row in rows(out):
+        window = window_from_meta(json.loads(row["meta"]), TILE, OVERLAP)
+        segments = png(row["segments"]).astype(np.int64)
+        sam_ids = [i + 1 for i, kind in enumerate(row["segment_kind"]) if kind != "fill"]
+        masked = np.where(np.isin(segments, sam_ids), segments, 0)
+        left, top, right, bottom = window.internal_edges
+        for inner, edge in ((left, masked[:, 0]), (right, masked[:, -1]), (top, masked[0]), (bottom, masked[-1])):
+            if inner:
+                assert not edge.any(), f"{row['source']}: a kept SAM segment touches an inner edge"
+        objects["densify"] += sum(kind == "object" for kind in row["segment_kind"])
+        objects["plain"] += sum(kind == "object" for kind in plain[row["source"]]["segment_kind"])
+    assert len(rows(out)) == 9 and objects["densify"] > objects["plain"]  # the rounds found more objects
