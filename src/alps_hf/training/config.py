@@ -68,6 +68,11 @@ class TrainConfig:
     output: str = arg(help="Output folder: the final model, metrics, curve and card; checkpoints under <output>/checkpoints/.", group=_OUTPUT_AND_CHECKPOINTS)
     model: str | None = arg(None, help="Named variant (segformer-b0..b5, mask2former-swin-tiny/small/base) or a checkpoint id/folder.", group=_MODEL)
     init: str | None = arg(None, help="Checkpoint to start from (an alps_hf output folder or any compatible checkpoint); the head is re-initialised for the dataset's classes.", group=_MODEL)
+    head_init: str = arg(
+        "clusters",
+        help="With --init of a checkpoint whose classes are not the dataset's (e.g. pseudo-classes): 'clusters' "
+        "starts each new class's classifier from the checkpoint's classes it is predicted as on the training rows "
+        "(P(cluster | class)-weighted), 'random' re-initialises it.", group=_MODEL)
     backbone: str | None = arg(None, help="Encoder weights for a named --model (ImageNet id or folder); default: the variant's ImageNet encoder.", group=_MODEL)
     from_scratch: bool = arg(False, help="Random initialisation of a named --model (no --backbone weights).", group=_MODEL)
     model_config_overrides: str | None = arg(None, help='JSON object of config fields to change for a named variant, e.g. \'{"drop_path_rate": 0.2}\'.', group=_MODEL)
@@ -122,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"--train-samples {self.train_samples} must be >= 1")
         if self.train_fraction is not None and self.train_samples is not None:
             raise ConfigError("give --train-fraction or --train-samples, not both")
+        if self.head_init not in ("clusters", "random"):
+            raise ConfigError(f"--head-init {self.head_init!r}: choose clusters or random")
         if self.lr_scheduler not in SCHEDULES:
             raise ConfigError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:

@@ -253,6 +253,28 @@ def build_model(spec: ModelSpec, id2label: dict[int, str], crop_size: int):
     return model, processor
 
 
+def init_head_from_checkpoint(model, processor, spec: ModelSpec, data: RunData, config: TrainConfig) -> None:
+    """`--head-init clusters`: start a re-initialised classifier from the checkpoint's classes (head_init.py).
+
+    Nothing happens when the checkpoint has the dataset's classes (its head is kept as it is).
+    """
+    from transformers import AutoConfig
+
+    from alps_hf.training import head_init
+
+    source_labels = {int(k): str(v) for k, v in (AutoConfig.from_pretrained(spec.checkpoint).id2label or {}).items()}
+    if source_labels == models.label_maps(data.id2label)["id2label"]:
+        return
+    with models.quiet_transformers():
+        source = models.model_class(spec.architecture).from_pretrained(spec.checkpoint)
+    counts = head_init.class_cluster_counts(source, processor, data.train_ds, config.image_column, config.label_column,
+                                            data.num_labels)
+    summary = head_init.mix_head(model, source, counts)
+    del source
+    print(f"--head-init clusters: the new classifier starts from the checkpoint's classes, "
+          f"{head_init.describe(summary, data.id2label, source_labels)}")
+
+
 def build_dataloaders(train_ds, eval_ds, config: TrainConfig, architecture: str, processor, num_labels: int,
                       process_index: int = 0, num_processes: int = 1):
     """The training DataLoader (seeded `EpochSampler`) and this process' share of the evaluation rows.
@@ -490,6 +512,8 @@ def setup(config: TrainConfig, task: str, spec: ModelSpec, data: RunData) -> Tra
     accelerator = build_accelerator(config, spec.architecture)
     set_seed(config.seed)
     model, processor = build_model(spec, data.id2label, config.crop_size)
+    if spec.checkpoint and config.head_init == "clusters":
+        init_head_from_checkpoint(model, processor, spec, data, config)
     # Only now: a start that fails (e.g. an encoder that cannot be loaded) leaves no empty --output
     # folder behind, which would block the retry.
     if accelerator.is_main_process:
