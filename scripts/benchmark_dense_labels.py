@@ -37,7 +37,7 @@ from PIL import Image
 
 from alps_hf.labeling.config import LabelConfig
 from alps_hf.labeling.inputs import ImageItem, LoadedImage
-from alps_hf.labeling.pipeline import Pass1Runner
+from alps_hf.labeling.pass1 import Pass1Runner
 from alps_hf.labeling.writer import decode_png
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
 

@@ -43,7 +43,7 @@ def dataset_info(repo_id: str, pretty_name: str, source_text: str, citation: str
     generator settings and every other recorded value follow the library's declarations.
     """
     from alps_hf.labeling.config import LabelConfig
-    from alps_hf.labeling.pipeline import dataset_info_base
+    from alps_hf.labeling.run import dataset_info_base
     from alps_hf.labeling.writer import dataset_features
 
     flags = LabelConfig(inputs=[repo_id], output=repo_id.split("/")[-1], sam="facebook/sam-vit-huge",

@@ -82,7 +82,7 @@ def make_dataset_folder(root: Path, rows_per_shard: tuple[int, ...] = (3, 2), sp
         total_bytes += (root / rel).stat().st_size
         offset += count
     total = sum(rows_per_shard)
-    from alps_hf.labeling.pipeline import dataset_info_base
+    from alps_hf.labeling.run import dataset_info_base
 
     flags = label_flags(root, split=split)
     info = {

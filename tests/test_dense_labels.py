@@ -206,7 +206,7 @@ def test_dense_settings_are_part_of_the_resume_fingerprint(tmp_path, tiny_sam_di
     # A finished run's manifest, written by start_work_folder; then a resume that changes the fill settings.
     work = out / "work"
     work.mkdir(parents=True)
-    from alps_hf.labeling.pipeline import pass1_fields
+    from alps_hf.labeling.pass1 import pass1_fields
     from alps_hf.labeling.workdir import WorkDir, input_fingerprint
 
     cfg = LabelConfig(inputs=[str(folder)], output=str(out), sam=str(tiny_sam_dir))

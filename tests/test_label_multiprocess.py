@@ -7,7 +7,7 @@ fits K-means in between. Proof that both processes worked: the done markers and 
 record the pid of their writer, and only the main process prints the summary.
 
 `PartialState()` alone does not read ACCELERATE_USE_CPU (only `Accelerator` does): before
-`pipeline.process_state` asked for the CPU state itself, every launched process believed it was alone and
+`run.process_state` asked for the CPU state itself, every launched process believed it was alone and
 labeled everything; this test launches the plain `-m alps_hf.cli` and would catch that again.
 """
 

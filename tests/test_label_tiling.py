@@ -19,7 +19,7 @@ pytest.importorskip("rasterio")
 import rasterio  # noqa: E402
 
 from alps_hf.geo.windows import Window, plan_windows, window_from_meta  # noqa: E402
-from alps_hf.labeling import pipeline  # noqa: E402
+from alps_hf.labeling import pass1 as pipeline  # noqa: E402  (pass 1 applies the seam rule)
 from alps_hf.labeling.inputs import Tiling, list_image_files, resolve_inputs  # noqa: E402
 from label_helpers import TOY, check_dataset, failures, label, png, rows, run_error  # noqa: E402
 from sam_fixtures import blocks_image, write_png  # noqa: E402

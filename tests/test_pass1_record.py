@@ -7,7 +7,7 @@ import dataclasses
 import pyarrow as pa
 import pytest
 
-from alps_hf.labeling import pipeline
+from alps_hf.labeling import pass1 as pipeline
 from alps_hf.labeling.record import Pass1Record, pass1_schema
 from label_helpers import TINY, failures, label
 from sam_fixtures import blocks_image, write_png

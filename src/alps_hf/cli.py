@@ -49,14 +49,14 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "label": Command(
-        "alps_hf.labeling.pipeline:run_label",
+        "alps_hf.labeling.run:run_label",
         ("alps_hf.labeling.config:LabelConfig",),
         "Auto-label images with SAM + online K-means into a Hub-layout dataset folder.",
         positional="inputs",
         resume=RESUME_SHARDS,
     ),
     "recluster": Command(
-        "alps_hf.labeling.pipeline:run_recluster",
+        "alps_hf.labeling.run:run_recluster",
         ("alps_hf.labeling.config:ReclusterConfig",),
         "Re-cluster an existing labeled folder with another K, without re-running SAM.",
         positional="folder",

@@ -33,7 +33,7 @@ _SCALE = GROUP_SCALE
 
 
 # Field metadata of a setting that shapes pass 1 (what SAM sees, how the work is cut into shards): part of
-# the resume fingerprint, with the generator settings (alps_hf.labeling.pipeline.pass1_fields).
+# the resume fingerprint, with the generator settings (alps_hf.labeling.pass1.pass1_fields).
 PASS1 = {"pass1": True}
 
 

@@ -57,7 +57,7 @@ GROUP_SCALE = "scale"
 
 def _setting(default, help: str, group: str = GROUP_MASKS, pass1: bool = True):
     # pass1=False: the setting changes speed or memory, never the masks, so it is not part of the resume
-    # fingerprint (alps_hf.labeling.pipeline.pass1_fields).
+    # fingerprint (alps_hf.labeling.pass1.pass1_fields).
     return arg(default, help, group=group, metadata={"pass1": pass1})
 
 
