@@ -59,6 +59,12 @@ def test_label_writes_a_loadable_hub_layout_dataset(labeled, tiny_sam_dir):
     assert f"`{digest}`" in readme
     assert "were cut into" not in readme  # no window paragraph when nothing was tiled
     assert json.loads((labeled / "alps_dataset.json").read_text())["tiling"]["scenes"] == 0
+    # the segment counts say which are SAM masks and which fill (they were all called "masks")
+    stats = json.loads((labeled / "alps_dataset.json").read_text())["stats"]
+    kinds = [k for r in raw for k in r["segment_kind"]]
+    assert stats["segments_by_kind"] == {k: kinds.count(k) for k in sorted(set(kinds))}
+    assert sum(stats["segments_by_kind"].values()) == stats["masks_total"]
+    assert "| segments by kind | " in readme
 
 
 def test_original_image_bytes_kept(labeled, blocks_dir):

@@ -465,6 +465,7 @@ def _dataset_context(
         "split_rows": split_rows,
         "top_classes": _top_classes(stats, class_names or {}),
         "figures": info.get("figures") or {},
+        "segment_kinds": ", ".join(f"{n} {kind}" for kind, n in (stats.get("segments_by_kind") or {}).items()),
         "stuff": generator.get("large_masks") == "stuff",
         "fill": bool(generator.get("fill")),
         "has_histogram": bool(stats.get("class_pixel_histogram")),

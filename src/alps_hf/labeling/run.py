@@ -215,6 +215,13 @@ def record_seconds(output: Path, info: dict, seconds: dict) -> None:
     atomic_write_text(output / "alps_dataset.json", json.dumps(info, indent=2) + "\n")
 
 
+def _kinds(stats: dict) -> str:
+    """'; 40 object, 3 stuff, 120 fill' from the stats' segment kinds ('' for runs that recorded none)."""
+    kinds = stats.get("segments_by_kind") or {}
+    order = [k for k in ("object", "stuff", "fill") if k in kinds] + sorted(set(kinds) - {"object", "stuff", "fill"})
+    return ("; " + ", ".join(f"{kinds[k]} {k}" for k in order)) if kinds else ""
+
+
 def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: int = 0,
                   verbose: bool = False) -> None:
     """Print where the dataset went and its counts; with `verbose`, also the seconds of each stage."""
@@ -223,7 +230,7 @@ def print_summary(output: Path, total: int, stats: dict, seconds: dict, scenes: 
         f"alps-hf: wrote {output}",
         f"  images: {total} in{windows}, {stats['images']} labeled, {stats['failed']} skipped (see failures.jsonl), "
         f"{stats['images_without_masks']} without any mask",
-        f"  masks: {stats['masks_total']} ({stats['masks_per_image_mean']:.1f} per image), "
+        f"  segments: {stats['masks_total']} ({stats['masks_per_image_mean']:.1f} per image{_kinds(stats)}), "
         f"pixel coverage {100 * stats['pixel_coverage']:.1f} %",
     ]
     if verbose:

@@ -123,6 +123,8 @@ def label_rows(table, clusters: ClusterModel, stats: dict, fill: bool = True) ->
         stats["pixels"] += int(label.size)
         stats["class_mask_counts"] += np.bincount(segment_class, minlength=k)[:k]
         stats["masks_per_image"].append(len(segment_class))
+        for kind in kinds:
+            stats["segments_by_kind"][kind] = stats["segments_by_kind"].get(kind, 0) + 1
         cols["image"].append({"bytes": data["image_bytes"][i], "path": None})
         cols["label"].append({"bytes": encode_png(label), "path": None})
         cols["segments"].append({"bytes": data["segments_png"][i], "path": None})
@@ -139,7 +141,7 @@ def label_rows(table, clusters: ClusterModel, stats: dict, fill: bool = True) ->
 def new_stats(k: int) -> dict:
     """Empty running totals for `label_rows` over k classes (pixel and mask counts, masks per image)."""
     return {"class_pixel_histogram": np.zeros(k, np.int64), "class_mask_counts": np.zeros(k, np.int64),
-            "labeled_pixels": 0, "pixels": 0, "masks_per_image": []}
+            "labeled_pixels": 0, "pixels": 0, "masks_per_image": [], "segments_by_kind": {}}
 
 
 def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: Path, fill: bool = True) -> dict:
@@ -178,7 +180,8 @@ def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: P
     # pid: which process wrote the group (multi-process runs); merge_stats ignores it.
     return {"class_pixel_histogram": stats["class_pixel_histogram"].tolist(),
             "class_mask_counts": stats["class_mask_counts"].tolist(), "labeled_pixels": stats["labeled_pixels"],
-            "pixels": stats["pixels"], "masks_per_image": stats["masks_per_image"], "pid": os.getpid()}
+            "pixels": stats["pixels"], "masks_per_image": stats["masks_per_image"],
+            "segments_by_kind": stats["segments_by_kind"], "pid": os.getpid()}
 
 
 def merge_stats(parts: list[dict], k: int) -> dict:
@@ -199,6 +202,8 @@ def merge_stats(parts: list[dict], k: int) -> dict:
         total["labeled_pixels"] += p["labeled_pixels"]
         total["pixels"] += p["pixels"]
         total["masks_per_image"] += p["masks_per_image"]
+        for kind, n in (p.get("segments_by_kind") or {}).items():
+            total["segments_by_kind"][kind] = total["segments_by_kind"].get(kind, 0) + n
     masks = np.asarray(total["masks_per_image"], dtype=np.float64)
     return {
         "images": len(masks),
@@ -209,6 +214,8 @@ def merge_stats(parts: list[dict], k: int) -> dict:
         "pixel_coverage": total["labeled_pixels"] / total["pixels"] if total["pixels"] else 0.0,
         "class_pixel_histogram": total["class_pixel_histogram"].tolist(),
         "class_mask_counts": total["class_mask_counts"].tolist(),
+        # masks_* count every segment (SAM masks and fill); this says how many of each kind
+        "segments_by_kind": {kind: total["segments_by_kind"][kind] for kind in sorted(total["segments_by_kind"])},
     }
 
 
