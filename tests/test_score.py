@@ -156,7 +156,12 @@ def test_cli_writes_json_and_markdown(case, tmp_path, capsys):
     assert "| whole image (uncovered = wrong) | 87.5 | 70.8 | 85.7 | 71.4 |" in md
     assert "| 1 | 16.7 | class_0 | 100.0 | - |" in md
     assert md == markdown(report)
-    assert "coverage 85.7 %" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "coverage 85.7 %" in printed
+    assert "(no class names: the ground truth has no id2label.json; pass --id2label" in printed
+    assert main(["score", str(pseudo), "--ground-truth", str(gt), "--id2label", '{"0": "land", "1": "water"}']) == 0
+    printed = capsys.readouterr().out
+    assert "no class names" not in printed and "| land |" in printed
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

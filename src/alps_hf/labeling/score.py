@@ -362,6 +362,9 @@ def run_score(cfg: ScoreConfig) -> int:
     report = score(cfg)
     text = markdown(report)
     print(text, end="")
+    if report["class_names"] and report["class_names"][0] == "class_0" and not cfg.id2label:
+        print("(no class names: the ground truth has no id2label.json; pass --id2label '{\"0\": \"building\", ...}' "
+              "or score against a dataset written by `alps-hf make-dataset --id2label ...`)")
     if cfg.output:
         path = Path(cfg.output)
         path.parent.mkdir(parents=True, exist_ok=True)
