@@ -212,6 +212,10 @@ def run_jobs(jobs: list[Job], workers: int, logs: Path, rerun: bool, external: d
                     raise SystemExit(f"{job.name} failed (exit {future.result()}); see {logs / (job.name + '.log')}")
                 done.add(job.name)
                 print(f"[done] {job.name} in {job.seconds:.0f} s", flush=True)
+    for name, path in external.items():  # the results table reads them all, needed by a job here or not
+        print(f"[wait] {name}: for {path}", flush=True)
+        while not path.exists():
+            time.sleep(10)
 
 
 def _mean(values: list[float]) -> float:
