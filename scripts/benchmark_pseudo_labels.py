@@ -355,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if base is not None:
         if base.resolve() == out.resolve():
             raise SystemExit("--baselines-from must be another run's folder than --output")
-        external = {j.name: j.result for j in jobs if is_baseline(j)}
+        # (a baseline's result lies in the --baselines-from run, wherever this run's job list would put it)
+        external = {j.name: base / j.result.relative_to(out) if j.result.is_relative_to(out) else j.result
+                    for j in jobs if is_baseline(j)}
         jobs = [j for j in jobs if not is_baseline(j)]
     run_jobs(jobs, args.jobs, out / "logs", args.rerun, external)
     score = json.loads((out / "score.json").read_text())
