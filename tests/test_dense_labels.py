@@ -60,7 +60,8 @@ def test_paint_labels_without_fill_hides_fill_segments():
 
 def test_presets_resolve_only_unset_settings():
     dense = MaskGeneratorConfig(preset="dense")
-    assert (dense.points_per_side, dense.large_masks, dense.densify_rounds, dense.fill) == (16, "stuff", 2, True)
+    assert (dense.points_per_side, dense.large_masks, dense.densify_rounds, dense.densify_budget, dense.fill) == (
+        8, "stuff", 3, 256, True)
     paper = MaskGeneratorConfig()  # the bare generator keeps segment-anything + ALPS behaviour
     assert (paper.points_per_side, paper.large_masks, paper.densify_rounds, paper.fill) == (32, "drop", 0, False)
     mixed = MaskGeneratorConfig(preset="alps-paper", points_per_side=8, fill=True)
@@ -77,7 +78,8 @@ def test_presets_resolve_only_unset_settings():
     ({"densify_rounds": -1}, "--densify-rounds -1 is negative"),
     ({"min_mask_region_area": -5}, "--min-mask-region-area -5 is negative"),
     ({"densify_min_uncovered": 0.0}, "--densify-min-uncovered 0.0 is outside (0, 1]"),
-    ({"points_per_side": 32, "densify_budget": 1024}, "--densify-budget 1024 leaves no prompt for --densify-rounds 2"),
+    ({"points_per_side": 32, "densify_budget": 1024}, "--densify-budget 1024 leaves no prompt for --densify-rounds 3"),
+    ({"densify_budget": 64}, "--densify-budget 64 leaves no prompt for --densify-rounds 3: the first grid alone is 64"),
 ])
 def test_bad_dense_settings_name_the_value_and_the_fix(kwargs, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -134,9 +136,8 @@ def test_dense_labels_cover_the_scene(tmp_path, toy_sam_dir, scenes_dir, capsys)
     names = [f"scene_500{i}.png" for i in range(4)]
     folder = _scenes(tmp_path, scenes_dir, names)
     out = tmp_path / "dense"
-    # Tiny grid and budget for a fast suite; the default preset otherwise (stuff, fill, densify).
-    assert label(folder, out, toy_sam_dir, "--num-clusters", "8", "--points-per-side", "8", "--densify-budget",
-                 "256", *FAST) == 0
+    # The default preset (8x8 grid + 3 densify rounds within 256 prompts, stuff, fill).
+    assert label(folder, out, toy_sam_dir, "--num-clusters", "8", *FAST) == 0
     raw = rows(out)
     assert [r["source"].split("/")[-1] for r in raw] == names
     for row in raw:
@@ -185,7 +186,7 @@ def main_recluster(folder, k, *extra) -> int:
 
 @pytest.mark.slow
 def test_dense_default_on_all_shared_scenes(tmp_path, toy_sam_dir, scenes_dir):
-    """The default preset as shipped (16x16 + 2 densify rounds, stuff, fill) at K = 10 on the 8 shared scenes."""
+    """The default preset as shipped (8x8 + 3 densify rounds within 256 prompts, stuff, fill) at K = 10 on the 8 shared scenes."""
     names = sorted(p.name for p in (scenes_dir / "images").glob("*.png"))
     folder = _scenes(tmp_path, scenes_dir, names)
     out = tmp_path / "dense"

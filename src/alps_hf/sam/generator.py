@@ -73,13 +73,13 @@ class MaskGeneratorConfig:
 
     preset: str = _setting(
         "alps-paper",
-        "Where the settings left unset come from: 'dense' (stuff kept beneath objects, fill segments, a 16x16 grid "
-        "plus 2 densify rounds; pseudo-labels that cover the scene, README 'Dense pseudo-labels') or 'alps-paper' "
+        "Where the settings left unset come from: 'dense' (stuff kept beneath objects, fill segments, an 8x8 grid "
+        "plus 3 densify rounds within 256 prompts; pseudo-labels that cover the scene, README 'Dense pseudo-labels') or 'alps-paper' "
         "(the paper: large masks dropped, no fill, plain 32x32 grid). A flag given explicitly always wins.",
         pass1=False,  # its effect is in the settings it resolves, which are in the fingerprint
     )
     points_per_side: int | None = _setting(
-        None, "Point grid per side: N x N point prompts per image (and per crop). Default: the preset's (dense 16, "
+        None, "Point grid per side: N x N point prompts per image (and per crop). Default: the preset's (dense 8, "
         "alps-paper 32).")
     points_per_batch: int = _setting(64, "Prompts run through the mask decoder at once.", GROUP_SCALE, pass1=False)
     pred_iou_thresh: float | None = _setting(
@@ -104,9 +104,10 @@ class MaskGeneratorConfig:
     densify_rounds: int | None = _setting(
         None, "Prompt rounds after the first grid, each on a grid twice as fine, with points only in cells the kept "
         "masks leave mostly uncovered (whole image only, not crop layers); 0 = the plain grid. Default: the "
-        "preset's (dense 2, alps-paper 0).")
-    densify_budget: int = _setting(
-        512, "Most point prompts per image over the first grid and all densify rounds (the 32x32 grid is 1024).")
+        "preset's (dense 3, alps-paper 0).")
+    densify_budget: int | None = _setting(
+        None, "Most point prompts per image over the first grid and all densify rounds (the 32x32 grid is 1024). "
+        "Default: the preset's (dense 256, the 16x16 grid's count; alps-paper 1024).")
     densify_min_uncovered: float = _setting(
         0.5, "Least uncovered share of a densify cell for its centre to be prompted, in (0, 1].")
     min_mask_region_area: int | None = _setting(
@@ -184,10 +185,14 @@ LARGE_MASKS = ("stuff", "drop")
 #: segment-anything + ALPS behaviour; `dense` is the measured best on the synthetic scenes (README,
 #: "Dense pseudo-labels").
 PRESETS: dict[str, dict[str, object]] = {
-    "dense": {"points_per_side": 16, "large_masks": "stuff", "densify_rounds": 2, "min_mask_region_area": 0,
-              "fill": True},
-    "alps-paper": {"points_per_side": 32, "large_masks": "drop", "densify_rounds": 0, "min_mask_region_area": 0,
-                   "fill": False},
+    # dense: a coarse 8x8 grid finds the large stuff masks with 64 prompts; the densify rounds (16x16, 32x32,
+    # 64x64 cells) then prompt only what is left unexplained, within the 16x16 grid's 256 prompts. Chosen on
+    # tuning scenes (seeds 2000-2015) over the earlier 16x16 grid + 2 rounds within 512 prompts: 0.95x the
+    # time of the paper pipeline at 16x16 instead of 1.87x, whole-image majority mIoU 0.697 vs 0.648.
+    "dense": {"points_per_side": 8, "large_masks": "stuff", "densify_rounds": 3, "densify_budget": 256,
+              "min_mask_region_area": 0, "fill": True},
+    "alps-paper": {"points_per_side": 32, "large_masks": "drop", "densify_rounds": 0, "densify_budget": 1024,
+                   "min_mask_region_area": 0, "fill": False},
 }
 
 
