@@ -5,14 +5,18 @@ Three labeling variants run pass 1 (masks, features, segment map, fill) on the s
 scenes with the same loaded SAM, in one process, interleaved image by image (the order rotates per
 image, so a slow moment of a shared machine does not fall on one variant):
 
-- `paper-16`: the ALPS paper settings (large masks dropped, no fill, no densify) at a 16x16 grid;
-  the old default at the default grid of the dense preset: "today's labeling at the same grid";
-- `dense`: the default preset (16x16 grid, 2 densify rounds within a 512-prompt budget, stuff, fill);
+- `paper-16`: the ALPS paper settings (large masks dropped, no fill, no densify) at a 16x16 grid
+  (256 prompts, the dense preset's budget): the issue's "today's labeling at the same grid";
+- `paper-8`: the same at the dense preset's first grid (8x8, 64 prompts), for the other reading of
+  "the same grid";
+- `dense`: the default preset (8x8 grid, 3 densify rounds within a 256-prompt budget, stuff, fill);
+- `dense-16`: the first dense preset (16x16 grid, 2 densify rounds within 512 prompts), what the
+  default replaced;
 - `paper-32`: the ALPS paper preset (plain 32x32 grid, 1024 prompts).
 
 Per variant: seconds per image (all of pass 1 for one image), prompts decoded per image, the share of
 pixels under a kept mask and under a segment (fill included). Paired per image: time of `dense` over
-`paper-16`, prompts of `dense` over `paper-32`, and the share of `paper-32`'s kept masks that `dense`
+`paper-16`, `paper-8` and `dense-16`, prompts of `dense` over `paper-32`, and the share of `paper-32`'s kept masks that `dense`
 recovers (a mask of `dense` with IoU >= 0.9; `paper-16` for reference).
 
     python scripts/benchmark_dense_labels.py --num-images 12 --threads 2
@@ -46,9 +50,18 @@ MAKE_SCENES = SHARED / "data" / "synthetic_scenes" / "make_scenes.py"
 TOY_SAM = SHARED / "models" / "toy-sam"
 VARIANTS = {
     "paper-16": {"preset": "alps-paper", "points_per_side": 16},
+    "paper-8": {"preset": "alps-paper", "points_per_side": 8},
     "dense": {"preset": "dense"},
+    "dense-16": {"preset": "dense", "points_per_side": 16, "densify_rounds": 2, "densify_budget": 512},
     "paper-32": {"preset": "alps-paper"},
 }
+#: Paired ratios per image: (key, numerator variant, denominator variant, what is divided).
+RATIOS = (
+    ("time_dense_over_paper16", "dense", "paper-16", "seconds"),
+    ("time_dense_over_paper8", "dense", "paper-8", "seconds"),
+    ("time_dense_over_dense16", "dense", "dense-16", "seconds"),
+    ("prompts_dense_over_paper32", "dense", "paper-32", "prompts"),
+)
 RECOVERY_IOU = 0.9
 
 
@@ -144,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             order = names[i % len(names):] + names[:i % len(names)]
             got = {name: label_one(runs[name], i, path) for name in order}
             row = {name: {k: v for k, v in r.items() if k != "masks"} for name, r in got.items()}
-            row["time_dense_over_paper16"] = got["dense"]["seconds"] / got["paper-16"]["seconds"]
-            row["prompts_dense_over_paper32"] = got["dense"]["prompts"] / got["paper-32"]["prompts"]
+            for key, top, bottom, what in RATIOS:
+                row[key] = got[top][what] / got[bottom][what]
             row["recovered_by_dense"] = recovered(got["paper-32"]["masks"], got["dense"]["masks"])
             row["recovered_by_paper16"] = recovered(got["paper-32"]["masks"], got["paper-16"]["masks"])
+            row["recovered_by_dense16"] = recovered(got["paper-32"]["masks"], got["dense-16"]["masks"])
             row["image"] = path.name
             per_image.append(row)
             print(f"[{i + 1}/{len(paths)}] {path.name}: " + ", ".join(
@@ -156,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                       for key in ("seconds", "prompts", "kept_masks", "mask_coverage", "segment_coverage")}
                for name in names}
     paired = {key: _stats([r[key] for r in per_image])
-              for key in ("time_dense_over_paper16", "prompts_dense_over_paper32", "recovered_by_dense",
-                          "recovered_by_paper16")}
+              for key in (*(r[0] for r in RATIOS), "recovered_by_dense", "recovered_by_paper16",
+                          "recovered_by_dense16")}
     machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
     result = {"settings": {**{k: v for k, v in vars(args).items() if k != "json"}, "variants": VARIANTS,
@@ -171,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[name]
         print(f"{name:<10} {s['seconds']['mean']:7.2f} {s['prompts']['mean']:8.1f} {s['kept_masks']['mean']:6.1f} "
               f"{100 * s['mask_coverage']['mean']:8.1f}% {100 * s['segment_coverage']['mean']:11.1f}%")
-    for key, label in (("time_dense_over_paper16", "time dense / paper-16 (paired per image)"),
-                       ("prompts_dense_over_paper32", "prompts dense / paper-32"),
+    for key, label in (*((k, f"{what} {top} / {bottom} (paired per image)") for k, top, bottom, what in RATIOS),
                        ("recovered_by_dense", f"paper-32 masks recovered by dense (IoU >= {RECOVERY_IOU})"),
-                       ("recovered_by_paper16", "paper-32 masks recovered by paper-16")):
+                       ("recovered_by_paper16", "paper-32 masks recovered by paper-16"),
+                       ("recovered_by_dense16", "paper-32 masks recovered by dense-16")):
         s = paired[key]
         if s["n"]:
             print(f"{label}: mean {s['mean']:.3f} (min {s['min']:.3f}, max {s['max']:.3f}, {s['n']} images)")
