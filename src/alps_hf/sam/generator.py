@@ -362,7 +362,7 @@ class MaskGenerator:
         if cfg.stability_score_thresh > 0:
             stab = amg.stability_score(valid, cfg.mask_threshold, cfg.stability_score_offset)
             keep &= stab >= cfg.stability_score_thresh - _STABILITY_SLACK
-        area = (valid > cfg.mask_threshold).sum(dim=(-1, -2))
+        area = amg.count_true(valid > cfg.mask_threshold)
         keep &= area > 0
         keep &= area.float() / float(vh * vw) * crop_share <= self._area_gate() + _AREA_SLACK
         return keep
@@ -383,7 +383,7 @@ class MaskGenerator:
                 stab = amg.stability_score(full, cfg.mask_threshold, cfg.stability_score_offset)
                 masks = full > cfg.mask_threshold
                 del full
-                areas = masks.sum(dim=(-1, -2))
+                areas = amg.count_true(masks)
                 keep = areas > 0
                 if cfg.stability_score_thresh > 0:
                     keep &= stab >= cfg.stability_score_thresh
