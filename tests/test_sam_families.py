@@ -23,12 +23,14 @@ from alps_hf.sam.families import (
 )
 from alps_hf.sam.features import mask_features
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
+from alps_hf.sam.masks import MaskSet
 from label_helpers import TINY, check_dataset, label, png, rows
 from sam_family_fixtures import (
     FAMILY_NAMES,
     input_size,
     processor_dict,
     save_tiny_family,
+    skip_without_requirements,
     tiny_model,
     tiny_processor,
 )
@@ -174,8 +176,13 @@ def test_pooled_features_equal_naive_loop_in_each_family_frame(generator, height
     assert not got[3].any()  # an empty mask gets zeros
 
 
-def reference_masks(generator: MaskGenerator, image: np.ndarray, cfg: MaskGeneratorConfig) -> torch.Tensor:
-    """Upsample every mask to full resolution the family's way, then filter and NMS (segment-anything's order)."""
+def reference_masks(generator: MaskGenerator, image: np.ndarray, cfg: MaskGeneratorConfig,
+                    sam2_cleanup=None) -> torch.Tensor:
+    """Upsample every mask to full resolution the family's way, then filter and NMS (segment-anything's order).
+
+    `sam2_cleanup(logits, area, threshold)`, when given, cleans every low-res logit map first (SAM 2's
+    predictor with max_hole_area = max_sprinkle_area = min_mask_region_area).
+    """
     h, w = image.shape[:2]
     encodings, frames = generator.embed([image])
     frame = frames[0]
@@ -183,6 +190,8 @@ def reference_masks(generator: MaskGenerator, image: np.ndarray, cfg: MaskGenera
     points = points * torch.tensor([frame.resized[1] / w, frame.resized[0] / h])
     with torch.inference_mode():
         logits, iou = generator.adapter.decode(encodings[0], points)
+    if sam2_cleanup is not None:
+        logits = torch.as_tensor(sam2_cleanup(logits.numpy(), cfg.min_mask_region_area, cfg.mask_threshold))
     if generator.family.frame == "square":  # SAM2Transforms.postprocess_masks: straight to the image size
         full = F.interpolate(logits[:, None], (h, w), mode="bilinear", align_corners=False)[:, 0]
     else:  # SamProcessor.post_process_masks: to the padded input, crop, to the image size
@@ -213,6 +222,45 @@ def test_fast_path_equals_upsampling_everything(family):
     ref = reference_masks(gen, image, gen.config)
     assert len(ref) == 6 * 6 * 3
     assert sorted(m.numpy().tobytes() for m in fast) == sorted(m.numpy().tobytes() for m in ref)
+
+
+@pytest.mark.parametrize("family", ["sam2", "edgetam"])
+def test_sam2_type_families_clean_low_res_logits_as_sam2_does(family):
+    """With --min-mask-region-area, SAM 2 and EdgeTAM fill holes / sprinkles in each mask's low-res logits
+    (SAM2Transforms.postprocess_masks) before filtering, then run segment-anything's cleanup after NMS."""
+    from test_cleanup import naive_sam2_cleanup
+
+    from alps_hf.sam.cleanup import postprocess_small_regions
+
+    skip_without_requirements(family)
+    cfg = MaskGeneratorConfig(points_per_side=3, points_per_batch=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                              max_area_fraction=1.0, box_nms_thresh=1.0, min_mask_region_area=3)
+    gen = MaskGenerator(tiny_model(family, seed=3), tiny_processor(family), cfg)
+    image = blocks_image(5, 40, 70)
+    fast = gen.generate([image])[0].masks
+    ref = reference_masks(gen, image, gen.config, naive_sam2_cleanup)
+    plain = reference_masks(gen, image, gen.config)
+    ref_set = MaskSet(ref, amg.masks_to_boxes(ref), torch.ones(len(ref)), torch.ones(len(ref)),
+                      ref.sum(dim=(1, 2)), torch.zeros(len(ref), 2))
+    expected = postprocess_small_regions(ref_set, 3, 1.0).masks
+    key = sorted(m.numpy().tobytes() for m in fast.masks)
+    assert key == sorted(m.numpy().tobytes() for m in expected)
+    assert key != sorted(m.numpy().tobytes() for m in postprocess_small_regions(
+        MaskSet(plain, amg.masks_to_boxes(plain), torch.ones(len(plain)), torch.ones(len(plain)),
+                plain.sum(dim=(1, 2)), torch.zeros(len(plain), 2)), 3, 1.0).masks)  # the low-res fill mattered
+
+
+def test_sam_type_families_skip_the_low_res_fill(monkeypatch):
+    import alps_hf.sam.generator as generator_module
+
+    calls = []
+    monkeypatch.setattr(generator_module, "fill_holes_and_sprinkles", lambda *a: calls.append(a) or a[0])
+    for family, expected in (("sam", 0), ("sam_hq", 0), ("sam3_tracker", 0), ("sam2", 1)):
+        calls.clear()
+        gen = MaskGenerator(tiny_model(family), tiny_processor(family), MaskGeneratorConfig(
+            **{**LOOSE, "points_per_side": 2}, min_mask_region_area=5))
+        gen.generate([blocks_image(2, 40, 56)])
+        assert (len(calls) > 0) == bool(expected), family
 
 
 def test_cleanup_runs_for_every_family(family):

@@ -8,6 +8,9 @@ wins over a changed one (score 0). Here the same rules run on all masks at once 
 that connects pixels only within one mask plane (8-connectivity, as upstream), so one call finds
 the components of every mask.
 
+SAM 2's generator adds a cleanup of its own before that one, on each mask's low-resolution logits
+(`fill_holes_and_sprinkles`); the SAM 2-type families run both (`SamFamily.lowres_cleanup`).
+
 Upstream rules kept exactly:
 - holes: a connected component of the mask's complement with fewer than N pixels is filled (a
   small outside region touching the border counts too);
@@ -86,6 +89,43 @@ def remove_small_regions(masks: np.ndarray, min_area: int) -> tuple[np.ndarray, 
         largest = largest[np.isin(plane[largest], all_small)]
         keep[largest] = True
     return keep[labels], changed
+
+
+def fill_holes_and_sprinkles(logits: torch.Tensor, max_area: int, mask_threshold: float) -> torch.Tensor:
+    """SAM 2's per-mask cleanup of low-resolution logits, before they are upsampled.
+
+    facebookresearch/sam2, sam2/utils/transforms.py, `SAM2Transforms.postprocess_masks` (which
+    `SAM2AutomaticMaskGenerator` enables with max_hole_area = max_sprinkle_area = min_mask_region_area,
+    sam2/automatic_mask_generator.py): in each mask's logits (8-connected components, as sam2's
+    `get_connected_components`),
+    - holes: a component of the background (logit <= threshold) of at most `max_area` pixels becomes
+      foreground (logit set to threshold + 10);
+    - sprinkles: a component of the foreground (logit > threshold) of at most `max_area` pixels becomes
+      background (threshold - 10).
+    Both are found on the logits as they came (upstream labels the sprinkles on the same thresholded map
+    as the holes), areas count low-resolution pixels and `<=` is upstream's. Logits elsewhere are kept, so
+    stability is computed on the cleaned logits as upstream does.
+
+    Args:
+        logits: (N, h, w) low-resolution mask logits.
+        max_area: largest component changed, in low-resolution pixels; 0 returns `logits` unchanged.
+        mask_threshold: the logit that binarises masks.
+
+    Returns:
+        (N, h, w) logits of the same dtype and device.
+    """
+    if max_area <= 0 or logits.shape[0] == 0:
+        return logits
+    values = logits.float().cpu().numpy()
+    out = values.copy()
+    foreground = values > mask_threshold
+    labels, sizes, _ = _components(~foreground)
+    hole = (sizes <= max_area)[labels] & (labels > 0)
+    out[hole] = mask_threshold + 10.0
+    labels, sizes, _ = _components(foreground)
+    sprinkle = (sizes <= max_area)[labels] & (labels > 0)
+    out[sprinkle] = mask_threshold - 10.0
+    return torch.as_tensor(out, device=logits.device).to(logits.dtype)
 
 
 def postprocess_small_regions(masks: MaskSet, min_area: int, nms_thresh: float) -> MaskSet:

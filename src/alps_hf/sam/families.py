@@ -54,6 +54,8 @@ class SamFamily:
             mask generator (see `FAMILIES` for the upstream files).
         example: a Hub id of a checkpoint of this family.
         requires: a Python module the model needs beyond transformers, and the pip extra that brings it.
+        lowres_cleanup: with `--min-mask-region-area N`, also run SAM 2's hole / sprinkle fill of each mask's
+            low-resolution logits (N low-resolution pixels) before upsampling (`cleanup.fill_holes_and_sprinkles`).
     """
 
     name: str
@@ -64,6 +66,7 @@ class SamFamily:
     defaults: dict[str, Any]
     example: str
     requires: tuple[str, str] | None = None
+    lowres_cleanup: bool = False
 
     def resolve(self, config):
         """`config` (a MaskGeneratorConfig or a LabelConfig) with the settings left None set to this family's."""
@@ -101,8 +104,10 @@ class SamFamily:
 # - SAM 3 tracker: facebookresearch/sam3 ships no automatic mask generator (sam3/model/ has the interactive
 #   sam1_task_predictor.py, no automatic_mask_generator.py); its tracker is SAM 2's decoder, so SAM 2's values.
 # min_mask_region_area (0 for all) is applied for every family by sam/cleanup.py, segment-anything's way
-# (after NMS): SAM 2 passes it to SAM2ImagePredictor as max_hole_area / max_sprinkle_area instead, a
-# hole / sprinkle fill of each mask's logits that transformers' Sam2ImageProcessor accepts and skips.
+# (after NMS). SAM 2's generator also passes it to SAM2ImagePredictor as max_hole_area / max_sprinkle_area,
+# a hole / sprinkle fill of each mask's low-resolution logits (transformers' Sam2ImageProcessor accepts
+# these arguments and skips them): `lowres_cleanup` below, for SAM 2 and its fork EdgeTAM. Not for the SAM 3
+# tracker: sam3 has no automatic generator whose post-processing we could follow.
 _SAM_DEFAULTS = {"pred_iou_thresh": 0.88}
 _SAM2_DEFAULTS = {"pred_iou_thresh": 0.8}
 
@@ -112,9 +117,9 @@ FAMILIES: dict[str, SamFamily] = {
         SamFamily("sam_hq", "SAM-HQ", ("sam_hq",), "SamHQModel", "padded", _SAM_DEFAULTS,
                   "syscv-community/sam-hq-vit-base"),
         SamFamily("sam2", "SAM 2 / SAM 2.1", ("sam2", "sam2_video"), "Sam2Model", "square", _SAM2_DEFAULTS,
-                  "facebook/sam2.1-hiera-large"),
+                  "facebook/sam2.1-hiera-large", lowres_cleanup=True),
         SamFamily("edgetam", "EdgeTAM", ("edgetam", "edgetam_video"), "EdgeTamModel", "square", _SAM2_DEFAULTS,
-                  "yonigozlan/EdgeTAM-hf", requires=("timm", "edgetam")),
+                  "yonigozlan/EdgeTAM-hf", requires=("timm", "edgetam"), lowres_cleanup=True),
         SamFamily("sam3_tracker", "SAM 3 tracker", ("sam3_tracker", "sam3_video"), "Sam3TrackerModel", "square",
                   _SAM2_DEFAULTS, "facebook/sam3"),
     )

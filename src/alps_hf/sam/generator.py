@@ -29,7 +29,7 @@ import torch
 from alps_hf.config_utils import arg
 from alps_hf.errors import ConfigError
 from alps_hf.sam import amg
-from alps_hf.sam.cleanup import postprocess_small_regions
+from alps_hf.sam.cleanup import fill_holes_and_sprinkles, postprocess_small_regions
 from alps_hf.sam.densify import densify_points, limit_points, round_sides
 from alps_hf.sam.families import (
     FAMILIES,
@@ -112,7 +112,9 @@ class MaskGeneratorConfig:
         0.5, "Least uncovered share of a densify cell for its centre to be prompted, in (0, 1].")
     min_mask_region_area: int | None = _setting(
         None, "segment-anything's cleanup: fill holes and remove islands smaller than this many pixels in every "
-        "mask, then NMS again (0 = off). Default: the preset's (0 for both).")
+        "mask, then NMS again (0 = off). SAM 2 and EdgeTAM first also fill holes and remove sprinkles of at most this "
+        "many low-resolution pixels in each mask's logits, as SAM 2's own generator does. Default: the preset's (0 "
+        "for both).")
     fill: bool | None = _setting(
         None, "Give the pixels no mask covers fill segments with features pooled from the same SAM embedding, so "
         "every pixel gets a pseudo-class (kind 'fill' in segment_kind). Default: the preset's (dense on, "
@@ -327,6 +329,8 @@ class MaskGenerator:
         for start in range(0, crop_points.shape[0], cfg.points_per_batch):
             pts = crop_points[start:start + cfg.points_per_batch]
             logits, iou = self._decode(embedding, pts * scale)
+            if self.family.lowres_cleanup and cfg.min_mask_region_area > 0:
+                logits = self._lowres_cleanup(logits, iou)
             n_masks_per_point = logits.shape[0] // pts.shape[0]
             point_of_mask = pts.repeat_interleave(n_masks_per_point, dim=0)
             with self._timed("filter"):
@@ -344,6 +348,20 @@ class MaskGenerator:
             order = amg.nms(data.boxes, data.iou_scores, cfg.box_nms_thresh)
             data = data.filter(order)
         return data
+
+    def _lowres_cleanup(self, logits: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
+        """SAM 2's hole / sprinkle fill of the low-res logits (sam/cleanup.py), on the masks the IoU filter keeps.
+
+        Upstream cleans every mask before its filters; predicted IoU does not depend on the logits, so the
+        masks it rejects need no cleaning.
+        """
+        cfg = self.config
+        with self._timed("cleanup"), torch.inference_mode():
+            sel = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            if sel.any():
+                logits = logits.clone()
+                logits[sel] = fill_holes_and_sprinkles(logits[sel], cfg.min_mask_region_area, cfg.mask_threshold)
+        return logits
 
     def _lowres_filter(self, logits: torch.Tensor, iou: torch.Tensor, frame: EmbeddingFrame,
                        crop_share: float) -> torch.Tensor:
