@@ -228,9 +228,8 @@ def test_fast_path_equals_upsampling_everything(family):
 def test_sam2_type_families_clean_low_res_logits_as_sam2_does(family):
     """With --min-mask-region-area, SAM 2 and EdgeTAM fill holes / sprinkles in each mask's low-res logits
     (SAM2Transforms.postprocess_masks) before filtering, then run segment-anything's cleanup after NMS."""
-    from test_cleanup import naive_sam2_cleanup
-
     from alps_hf.sam.cleanup import postprocess_small_regions
+    from test_cleanup import naive_sam2_cleanup
 
     skip_without_requirements(family)
     cfg = MaskGeneratorConfig(points_per_side=3, points_per_batch=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
