@@ -140,38 +140,15 @@ def test_postprocess_updates_area_and_box_of_changed_masks():
     assert out.boxes[0].tolist() == [0.0, 0.0, 5.0, 5.0]
 
 
-def naive_components_8(binary: np.ndarray) -> list[list[tuple[int, int]]]:
-    """Pixel lists of the 8-connected components of one 2-D bool map, by breadth-first search."""
-    h, w = binary.shape
-    seen = np.zeros_like(binary, dtype=bool)
-    out = []
-    for y in range(h):
-        for x in range(w):
-            if binary[y, x] and not seen[y, x]:
-                seen[y, x] = True
-                queue, comp = [(y, x)], []
-                while queue:
-                    cy, cx = queue.pop()
-                    comp.append((cy, cx))
-                    for dy in (-1, 0, 1):
-                        for dx in (-1, 0, 1):
-                            ny, nx = cy + dy, cx + dx
-                            if 0 <= ny < h and 0 <= nx < w and binary[ny, nx] and not seen[ny, nx]:
-                                seen[ny, nx] = True
-                                queue.append((ny, nx))
-                out.append(comp)
-    return out
-
-
 def naive_sam2_cleanup(logits: np.ndarray, max_area: int, threshold: float) -> np.ndarray:
     """SAM2Transforms.postprocess_masks' hole / sprinkle rules, one mask and one component at a time."""
     out = logits.copy()
     for i, plane in enumerate(logits):
-        for comp in naive_components_8(plane <= threshold):
+        for comp in _flood_components(plane <= threshold):
             if len(comp) <= max_area:
                 for y, x in comp:
                     out[i, y, x] = threshold + 10.0
-        for comp in naive_components_8(plane > threshold):
+        for comp in _flood_components(plane > threshold):
             if len(comp) <= max_area:
                 for y, x in comp:
                     out[i, y, x] = threshold - 10.0
@@ -197,6 +174,5 @@ def test_sam2_fill_uses_at_most_and_eight_connectivity():
     got = fill_holes_and_sprinkles(torch.as_tensor(logits), 1, 0.0)[0]
     assert got[4, 4] == -10.0 and got[1, 1] == 1.0 and got[2, 2] == 1.0  # 2 > 1: kept; 1 <= 1: removed
     assert fill_holes_and_sprinkles(torch.as_tensor(logits), 2, 0.0)[0, 1, 1] == -10.0
-    assert fill_holes_and_sprinkles(torch.as_tensor(logits), 0, 0.0) is not None
     same = torch.as_tensor(logits)
     assert fill_holes_and_sprinkles(same, 0, 0.0) is same  # 0 = off
