@@ -406,7 +406,7 @@ def test_toy_sam_on_generated_scenes_and_a_real_tile(tmp_path, toy_sam_dir, scen
         assert min(row["segment_iou"]) > 0.5 and min(row["segment_stability"]) >= 0.8
     assert png(raw[2]["label"]).shape == (544, 509)
     info = json.loads((out / "alps_dataset.json").read_text())
-    assert info["stats"]["images_without_masks"] == sum(len(r["segment_class"]) == 0 for r in raw)
+    assert info["stats"]["images_without_masks"] == sum(all(k == "fill" for k in r["segment_kind"]) for r in raw)
     if not raw[2]["segment_class"]:  # an image where SAM finds nothing is labeled all-255 and counted
         assert (png(raw[2]["label"]) == 255).all()
         assert f"{info['stats']['images_without_masks']} without any mask" in capsys.readouterr().out
@@ -449,6 +449,24 @@ def test_image_without_any_mask_is_all_255_and_counted(tmp_path, blocks_dir, tin
     assert json.loads((out / "alps_dataset.json").read_text())["stats"]["images_without_masks"] == 1
     assert "1 without any mask" in capsys.readouterr().out
     assert failures(out) == {}
+
+
+def test_images_labeled_by_fill_alone_count_as_without_masks(tmp_path, blocks_dir, tiny_sam_dir, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(blocks_dir / "img_0.png", folder / "a.png")
+    shutil.copy(blocks_dir / "img_1.png", folder / "b.png")
+    out = tmp_path / "out"
+    # --min-area above the image size leaves no SAM mask; fill (the default preset's) still paints every pixel
+    assert label(folder, out, tiny_sam_dir, "--num-clusters", "2", *TINY, "--min-area", "100000") == 0
+    raw = check_dataset(out, 2, ["a.png", "b.png"])
+    for row in raw:
+        assert row["segment_kind"] and set(row["segment_kind"]) == {"fill"}
+        assert (png(row["label"]) != 255).all()
+    stats = json.loads((out / "alps_dataset.json").read_text())["stats"]
+    assert stats["images_without_masks"] == 2
+    assert stats["masks_total"] == sum(len(r["segment_class"]) for r in raw) > 0
+    assert "2 without any mask" in capsys.readouterr().out
 
 
 def test_images_above_max_mask_side_are_labeled_at_full_size(tmp_path, blocks_dir, tiny_sam_dir, count_generated):

@@ -123,6 +123,7 @@ def label_rows(table, clusters: ClusterModel, stats: dict, fill: bool = True) ->
         stats["pixels"] += int(label.size)
         stats["class_mask_counts"] += np.bincount(segment_class, minlength=k)[:k]
         stats["masks_per_image"].append(len(segment_class))
+        stats["sam_masks_per_image"].append(sum(kind != FILL for kind in kinds))
         for kind in kinds:
             stats["segments_by_kind"][kind] = stats["segments_by_kind"].get(kind, 0) + 1
         cols["image"].append({"bytes": data["image_bytes"][i], "path": None})
@@ -141,7 +142,8 @@ def label_rows(table, clusters: ClusterModel, stats: dict, fill: bool = True) ->
 def new_stats(k: int) -> dict:
     """Empty running totals for `label_rows` over k classes (pixel and mask counts, masks per image)."""
     return {"class_pixel_histogram": np.zeros(k, np.int64), "class_mask_counts": np.zeros(k, np.int64),
-            "labeled_pixels": 0, "pixels": 0, "masks_per_image": [], "segments_by_kind": {}}
+            "labeled_pixels": 0, "pixels": 0, "masks_per_image": [], "sam_masks_per_image": [],
+            "segments_by_kind": {}}
 
 
 def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: Path, fill: bool = True) -> dict:
@@ -181,6 +183,7 @@ def write_group(work: WorkDir, group: list[int], clusters: ClusterModel, path: P
     return {"class_pixel_histogram": stats["class_pixel_histogram"].tolist(),
             "class_mask_counts": stats["class_mask_counts"].tolist(), "labeled_pixels": stats["labeled_pixels"],
             "pixels": stats["pixels"], "masks_per_image": stats["masks_per_image"],
+            "sam_masks_per_image": stats["sam_masks_per_image"],
             "segments_by_kind": stats["segments_by_kind"], "pid": os.getpid()}
 
 
@@ -192,7 +195,7 @@ def merge_stats(parts: list[dict], k: int) -> dict:
         k: the number of clusters.
 
     Returns:
-        images, images without masks, mask totals / mean / median, pixel coverage, and the per-class
+        images, images without any SAM (object or stuff) mask, segment totals / mean / median, pixel coverage, and the per-class
         pixel histogram and mask counts (the `stats` of alps_dataset.json).
     """
     total = new_stats(k)
@@ -202,12 +205,14 @@ def merge_stats(parts: list[dict], k: int) -> dict:
         total["labeled_pixels"] += p["labeled_pixels"]
         total["pixels"] += p["pixels"]
         total["masks_per_image"] += p["masks_per_image"]
+        total["sam_masks_per_image"] += p["sam_masks_per_image"]
         for kind, n in (p.get("segments_by_kind") or {}).items():
             total["segments_by_kind"][kind] = total["segments_by_kind"].get(kind, 0) + n
     masks = np.asarray(total["masks_per_image"], dtype=np.float64)
     return {
         "images": len(masks),
-        "images_without_masks": int((masks == 0).sum()),
+        # an image whose segments are all fill has no SAM mask: fill only paints what masks left
+        "images_without_masks": sum(n == 0 for n in total["sam_masks_per_image"]),
         "masks_total": int(masks.sum()),
         "masks_per_image_mean": float(masks.mean()) if len(masks) else 0.0,
         "masks_per_image_median": float(np.median(masks)) if len(masks) else 0.0,
