@@ -80,6 +80,17 @@ def test_count_true_equals_a_bool_sum():
     assert amg.count_true(masks[:0]).shape == (0,)
 
 
+def test_any_along_equals_bool_any():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(4, 33, 70, generator=gen) > 0.98
+    masks[1] = False
+    masks[2, :, 5] = True
+    for m in (masks, masks[:, 3:20, 10:60], masks[:0], masks[:, :0]):  # sliced, no masks, no rows
+        for dim in range(3):
+            got = amg.any_along(m, dim)
+            assert got.dtype == torch.bool and torch.equal(got, m.any(dim=dim)), (tuple(m.shape), dim)
+
+
 def test_masks_to_boxes():
     masks = torch.zeros((3, 10, 12), dtype=torch.bool)
     masks[0, 2:5, 3:8] = True

@@ -59,6 +59,12 @@ def test_piece_weights_equal_mask_weights_of_one_hot_masks():
     expected = mask_cell_weights(one_hot, frame, 8)
     got = piece_cell_weights(torch.as_tensor(pieces), 5, frame, 8)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # an upscaled image: every pixel overlaps several cells along each axis
+    small = rng.integers(0, 3, size=(3, 5))
+    up = EmbeddingFrame((3, 5), (19, 32), 32)
+    one_hot = torch.as_tensor(np.stack([small == r for r in range(1, 3)]))
+    torch.testing.assert_close(piece_cell_weights(torch.as_tensor(small), 2, up, 8), mask_cell_weights(one_hot, up, 8),
+                               rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="20x30"):
         piece_cell_weights(torch.as_tensor(pieces), 5, EmbeddingFrame((10, 10), (32, 32), 32), 8)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from alps_hf.errors import ConfigError
 from alps_hf.sam import amg
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
 from sam_fixtures import TINY_INPUT, tiny_sam_model, tiny_sam_processor
@@ -213,3 +214,24 @@ def test_images_with_a_side_of_1_or_3_pixels_are_not_taken_for_channels_first(mo
     scale = TINY_INPUT / max(h, w)
     assert out.frame.resized == (int(h * scale + 0.5), int(w * scale + 0.5))
     assert out.masks.masks.shape[1:] == (h, w)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_upsample_chunk_never_changes_the_masks(model, chunk):
+    auto, _, _ = run(model, stability_score_thresh=0.5)  # 0 = auto: all 12 at once for a 64 x 96 image
+    out, _, gen = run(model, stability_score_thresh=0.5, upsample_chunk=chunk)
+    assert gen.counts["masks_upsampled"] >= 5 and len(out.masks) == len(auto.masks) >= 3
+    for field in ("masks", "boxes", "iou_scores", "stability", "areas", "points"):
+        assert torch.equal(getattr(out.masks, field), getattr(auto.masks, field)), field
+
+
+def test_auto_upsample_chunk_fits_the_cpu_pixel_budget(model):
+    from alps_hf.sam.generator import EmbeddingFrame
+
+    gen, _ = designed_generator(model)
+    assert gen.config.upsample_chunk == 0
+    assert [gen._upsample_chunk(EmbeddingFrame((s, s), (s, s), s)) for s in (64, 512, 724, 1024, 4096)] == [
+        128, 2, 1, 1, 1]
+    assert designed_generator(model, upsample_chunk=3)[0]._upsample_chunk(EmbeddingFrame((64, 64), (64, 64), 64)) == 3
+    with pytest.raises(ConfigError, match="--upsample-chunk -1 is negative"):
+        MaskGeneratorConfig(upsample_chunk=-1)

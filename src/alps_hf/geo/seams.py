@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from alps_hf.geo.windows import Window
+from alps_hf.sam import amg
 from alps_hf.sam.masks import MaskSet
 
 
@@ -56,8 +57,8 @@ def resolve_seams(masks: MaskSet, window: Window, edge_margin: int = 0) -> MaskS
     left, top, right, bottom = window.internal_edges
     # Extents from the mask pixels themselves (not `boxes`), so the rule does not depend on the
     # box convention and cannot disagree with the pixels that get painted.
-    cols = masks.masks.any(dim=1)  # (N, W)
-    rows = masks.masks.any(dim=2)  # (N, H)
+    cols = amg.any_along(masks.masks, 1)  # (N, W)
+    rows = amg.any_along(masks.masks, 2)  # (N, H)
     nonempty = cols.any(dim=1)
     cut = torch.zeros_like(nonempty)
     if left:

