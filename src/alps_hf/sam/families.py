@@ -313,6 +313,22 @@ class ImageEncoding:
     extras: tuple[torch.Tensor, ...] = ()
 
 
+def bilinear_span(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices each output index of a bilinear resize (align_corners=False) can depend on.
+
+    torch computes the source position max((o + 0.5) * n_in / n_out - 0.5, 0) (in float32) and blends its
+    floor with the next index. Where the position lies within 1e-3 of an integer, float rounding could move
+    the floor: the span then takes both candidates, so no real dependency is ever outside it.
+
+    Returns:
+        (lo, hi): int64 arrays of length n_out, inclusive, nondecreasing.
+    """
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.floor(np.maximum(src - 1e-3, 0.0)).astype(np.int64)
+    hi = np.floor(src + 1e-3).astype(np.int64) + 1
+    return np.clip(lo, 0, n_in - 1), np.clip(hi, 0, n_in - 1)
+
+
 class SamAdapter:
     """SAM: SamImageProcessorPil (longest side resized, padded), one embedding, 3 masks per prompt.
 
@@ -361,6 +377,23 @@ class SamAdapter:
         if tuple(frame.original) != tuple(frame.resized):  # a same-size bilinear resize is the identity: skip it
             full = F.interpolate(full, tuple(frame.original), mode="bilinear", align_corners=False)
         return full
+
+    def upsample_spans(self, frame, low: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """For each row and column of `upsample`'s output, the low-res rows / columns it can depend on.
+
+        Returns ((row_lo, row_hi), (col_lo, col_hi)): int arrays of the original height / width, inclusive
+        and nondecreasing, a superset of the bilinear support (see `bilinear_span`); the generator's box
+        bounds (MaskGenerator._box_bounds) rely on it. Here: to the padded square, crop, then to the original.
+        """
+        spans = []
+        for n_low, n_resized, n_orig in zip(low, frame.resized, frame.original, strict=True):
+            lo, hi = bilinear_span(n_low, frame.padded)
+            if n_orig == n_resized and tuple(frame.original) == tuple(frame.resized):
+                spans.append((lo[:n_orig], hi[:n_orig]))
+            else:
+                a, b = bilinear_span(n_resized, n_orig)
+                spans.append((lo[a], hi[b]))
+        return tuple(spans)
 
     def image_problem(self, height: int, width: int) -> str | None:
         """Why an image of this size cannot be encoded, or None (see MaskGenerator.image_problem)."""
@@ -422,6 +455,10 @@ class Sam2Adapter(SamAdapter):
     def upsample(self, logits: torch.Tensor, frame) -> torch.Tensor:
         """Straight from low resolution to the original size (SAM2Transforms / Sam2ImageProcessor do the same)."""
         return F.interpolate(logits, tuple(frame.original), mode="bilinear", align_corners=False)
+
+    def upsample_spans(self, frame, low: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """As SamAdapter.upsample_spans, for the one resize straight to the original size."""
+        return tuple(bilinear_span(n_low, n_orig) for n_low, n_orig in zip(low, frame.original, strict=True))
 
     def image_problem(self, height: int, width: int) -> str | None:
         """None: every image becomes input_size x input_size, so none is too thin."""

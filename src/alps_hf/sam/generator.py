@@ -263,6 +263,9 @@ class MaskGenerator:
         self.input_size = self.adapter.input_size
         self.timings: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+        # Skip upsampling survivors that NMS surely drops (_upsample_in_score_order); False upsamples every
+        # survivor, the reference the tests compare with. The masks are the same either way.
+        self.presuppress = True
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: MaskGeneratorConfig | None = None, *,
@@ -331,7 +334,7 @@ class MaskGenerator:
         scale = torch.tensor([new_w / crop_w, new_h / crop_h], device=self.device)
         crop_points = torch.as_tensor(points01, dtype=torch.float32, device=self.device) * torch.tensor(
             [crop_w, crop_h], dtype=torch.float32, device=self.device)
-        kept: list[MaskSet] = []
+        survivors = []
         for start in range(0, crop_points.shape[0], cfg.points_per_batch):
             pts = crop_points[start:start + cfg.points_per_batch]
             logits, iou = self._decode(embedding, pts * scale)
@@ -342,18 +345,127 @@ class MaskGenerator:
             with self._timed("filter"):
                 keep = self._lowres_filter(logits, iou, frame, (crop_h * crop_w) / (orig_size[0] * orig_size[1]))
                 self.counts["masks_decoded"] += int(logits.shape[0])
-                self.counts["masks_upsampled"] += int(keep.sum())
             if keep.any():
-                kept.append(self._upsample_and_check(logits[keep], iou[keep], point_of_mask[keep], frame, crop_box,
-                                                     orig_size))
+                survivors.append((logits[keep], iou[keep], point_of_mask[keep]))
             del logits
-        if not kept:
+        if not survivors:
             return MaskSet.empty(crop_h, crop_w, self.device)
-        data = MaskSet.cat(kept)
+        logits, iou, points = (torch.cat(parts) for parts in zip(*survivors, strict=True))
+        data = self._upsample_in_score_order(logits, iou, points, frame, crop_box, orig_size)
         with self._timed("nms"):
             order = amg.nms(data.boxes, data.iou_scores, cfg.box_nms_thresh)
             data = data.filter(order)
         return data
+
+    def _upsample_in_score_order(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size) -> MaskSet:
+        """The crop's low-res survivors upsampled and checked, best score first, with box NMS as it goes.
+
+        Greedy NMS keeps a mask when no kept mask of higher score overlaps its box by more than the
+        threshold, so a candidate that is surely overlapped by an already kept mask is out whatever its
+        full-resolution stats: those are never upsampled. Whether it surely is comes from bounds on its box
+        that the low-res logits give (`_box_bounds`); the kept set, and so the result, is the same as
+        upsampling every survivor and running NMS on all (the final NMS in `_process_crop` keeps all of it).
+        Duplicates are most of the survivors on scenes with large regions: many prompts, one mask.
+        """
+        cfg = self.config
+        order = torch.sort(iou.float(), descending=True, stable=True).indices  # amg.nms's order
+        with self._timed("filter"):
+            inner, outer, empty = self._box_bounds(logits, frame)
+        kept_boxes = torch.zeros((0, 4), device=self.device)
+        parts = []
+        step = self._upsample_chunk(frame)
+        for start in range(0, len(order), step):
+            idx = order[start:start + step]
+            with self._timed("filter"):
+                skip = empty[idx] | self._surely_suppressed(kept_boxes, inner[idx], outer[idx])
+                skip &= self.presuppress
+                self.counts["masks_presuppressed"] += int(skip.sum())
+                idx = idx[~skip]
+            if not len(idx):
+                continue
+            self.counts["masks_upsampled"] += len(idx)
+            part = self._upsample_and_check(logits[idx], iou[idx], points[idx], frame, crop_box, orig_size)
+            with self._timed("nms"):
+                keep = torch.zeros(len(part), dtype=torch.bool, device=self.device)
+                for k in range(len(part)):  # greedy NMS against the kept masks, in score order
+                    box = part.boxes[k:k + 1].float()
+                    if not len(kept_boxes) or not bool((amg.box_iou(box, kept_boxes) > cfg.box_nms_thresh).any()):
+                        keep[k] = True
+                        kept_boxes = torch.cat([kept_boxes, box])
+            parts.append(part.filter(keep))
+        h, w = frame.original
+        return MaskSet.cat(parts) if parts else MaskSet.empty(h, w, self.device)
+
+    def _box_bounds(self, logits: torch.Tensor, frame: EmbeddingFrame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bounds on the full-resolution boxes of low-res logits (n, h, w), without upsampling them.
+
+        The upsampled logit of a pixel is a convex blend of the low-res logits in its span (the adapter's
+        `upsample_spans`). So a pixel can be in the mask only if some logit in its span is above the
+        threshold (the outer box), and surely is when all of them are (the inner box). A margin of
+        1e-4 * (1 + the largest |logit| of the batch) on both sides absorbs float rounding.
+
+        Returns:
+            (inner, outer, empty): (n, 4) float XYXY boxes as `amg.masks_to_boxes` counts them, such that the
+            true box contains `inner` and lies inside `outer`; inner is NaN where nothing is sure; empty (n,)
+            marks logits whose upsampled mask is surely empty.
+        """
+        n, low_h, low_w = logits.shape
+        (rlo, rhi), (clo, chi) = (tuple(torch.as_tensor(a, device=logits.device) for a in span)
+                                  for span in self.adapter.upsample_spans(frame, (low_h, low_w)))
+        thr = self.config.mask_threshold
+        margin = 1e-4 * (1.0 + max(abs(float(logits.max())), abs(float(logits.min()))))
+        maybe, sure = logits > thr - margin, logits > thr + margin
+
+        def possible(profile: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+            counts = torch.cat([profile.new_zeros((n, 1), dtype=torch.int32), profile.int().cumsum(1, dtype=torch.int32)], 1)
+            return counts[:, hi + 1] - counts[:, lo] > 0  # (n, full-res length): some maybe-logit in the span
+
+        rows, cols = possible(amg.any_along(maybe, 2), rlo, rhi), possible(amg.any_along(maybe, 1), clo, chi)
+        empty = ~(rows.any(1) & cols.any(1))
+        outer = torch.stack([_first(cols), _first(rows), _last(cols), _last(rows)], 1).float()
+        # Inner: a k x k window of sure logits makes sure every pixel whose spans fit inside it.
+        k = int(max((rhi - rlo).max(), (chi - clo).max())) + 1
+        inner = torch.full((n, 4), float("nan"), device=logits.device)
+        if k > low_h or k > low_w:
+            return inner, outer, empty
+        window = sure[:, : low_h - k + 1]
+        for d in range(1, k):  # all sure in k consecutive rows, then in k consecutive columns
+            window = window & sure[:, d: low_h - k + 1 + d]
+        cols_window = window[:, :, : low_w - k + 1]
+        for d in range(1, k):
+            cols_window = cols_window & window[:, :, d: low_w - k + 1 + d]
+        window = cols_window  # (n, h-k+1, w-k+1): window starting at (i, j) all sure
+        ymin, ymax = _fitting(rlo, rhi, low_h - k + 1, k)
+        xmin, xmax = _fitting(clo, chi, low_w - k + 1, k)
+        window &= (ymin <= ymax)[None, :, None] & (xmin <= xmax)[None, None, :]
+        wr, wc = amg.any_along(window, 2), amg.any_along(window, 1)
+        has = wr.any(1)
+        ri, rj, ci, cj = _first(wr), _last(wr), _first(wc), _last(wc)
+        box = torch.stack([xmin[ci], ymin[ri], xmax[cj], ymax[rj]], 1).float()
+        inner[has] = box[has]
+        return inner, outer, empty
+
+    def _surely_suppressed(self, kept: torch.Tensor, inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: the candidate's box IoU with some kept box exceeds the NMS threshold whatever its true box.
+
+        For any box B between inner and outer, IoU(K, B) = inter / (area(K) + area of B outside K) with
+        inter >= area(K & inner) and the area outside K at most outer's: IoU(K, B) >= area(K & inner) /
+        (area(K) + area(outer) - area(K & outer)). A margin of 1e-4 keeps float32 IoU from deciding otherwise.
+        """
+        if not len(kept) or not len(inner):
+            return torch.zeros(len(inner), dtype=torch.bool, device=inner.device)
+
+        def intersection(boxes: torch.Tensor) -> torch.Tensor:  # (n, k) with the kept boxes, amg.box_iou's way
+            lt = torch.maximum(kept[None, :, :2], boxes[:, None, :2])
+            rb = torch.minimum(kept[None, :, 2:], boxes[:, None, 2:])
+            wh = (rb - lt).clamp_min(0)
+            return wh[..., 0] * wh[..., 1]
+
+        inter = intersection(inner)  # NaN where the inner box is unknown
+        union = amg.box_area(kept)[None, :] + amg.box_area(outer)[:, None] - intersection(outer)
+        bound = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+        bound = torch.nan_to_num(bound, nan=0.0)
+        return (bound > self.config.box_nms_thresh + 1e-4).any(dim=1)
 
     def _lowres_cleanup(self, logits: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
         """SAM 2's hole / sprinkle fill of the low-res logits (sam/cleanup.py), on the masks the IoU filter keeps.
@@ -508,6 +620,28 @@ class MaskGenerator:
                     masks = postprocess_small_regions(masks, cfg.min_mask_region_area, cfg.box_nms_thresh)
             results.append(GeneratedMasks(masks, embedding.embedding.float(), frame))
         return results
+
+
+def _first(flags: torch.Tensor) -> torch.Tensor:
+    """(n,) index of the first True in each row of flags (n, m); 0 for a row with none."""
+    return flags.int().argmax(dim=1)
+
+
+def _last(flags: torch.Tensor) -> torch.Tensor:
+    """(n,) index of the last True in each row of flags (n, m); m - 1 for a row with none."""
+    return flags.shape[1] - 1 - flags.flip(1).int().argmax(dim=1)
+
+
+def _fitting(lo: torch.Tensor, hi: torch.Tensor, starts: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each window start i of k low-res indices, the first and last output index whose span fits in it.
+
+    An output index fits window [i, i + k - 1] when i <= lo and hi <= i + k - 1; lo and hi are nondecreasing,
+    so those indices are a range, empty where first > last.
+    """
+    i = torch.arange(starts, device=lo.device)
+    first = torch.searchsorted(lo, i, right=False)
+    last = torch.searchsorted(hi, i + k - 1, right=True) - 1
+    return first, last
 
 
 def load_sam_image_processor(name_or_path: str, revision: str | None = None):
