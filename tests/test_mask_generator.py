@@ -235,3 +235,17 @@ def test_auto_upsample_chunk_fits_the_cpu_pixel_budget(model):
     assert designed_generator(model, upsample_chunk=3)[0]._upsample_chunk(EmbeddingFrame((64, 64), (64, 64), 64)) == 3
     with pytest.raises(ConfigError, match="--upsample-chunk -1 is negative"):
         MaskGeneratorConfig(upsample_chunk=-1)
+
+
+def test_auto_prompt_batch_fits_the_cpu_budget(model):
+    from alps_hf.sam.families import ImageEncoding
+
+    gen = MaskGenerator(model, tiny_sam_processor(), MaskGeneratorConfig())
+    assert gen.config.points_per_batch == 0
+    sizes = {(32, 8, 8): 64, (64, 32, 32): 8, (256, 64, 64): 2, (256, 128, 128): 2}  # tiny, toy, ViT-B, beyond
+    for shape, expected in sizes.items():
+        assert gen.prompt_batch(ImageEncoding(torch.zeros(shape))) == expected, shape
+    explicit = MaskGenerator(model, tiny_sam_processor(), MaskGeneratorConfig(points_per_batch=5))
+    assert explicit.prompt_batch(ImageEncoding(torch.zeros((256, 64, 64)))) == 5
+    with pytest.raises(ConfigError, match="--points-per-batch -2 is negative"):
+        MaskGeneratorConfig(points_per_batch=-2)

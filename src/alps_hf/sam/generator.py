@@ -50,6 +50,8 @@ _STABILITY_SLACK = 0.15
 _AREA_SLACK = 0.02
 # Pixels per upsampling chunk on CPU with upsample_chunk = 0 (MaskGenerator._upsample_chunk).
 _CPU_CHUNK_PIXELS = 2**19
+# Bytes of per-prompt image tokens per decoder call on CPU with points_per_batch = 0 (MaskGenerator.prompt_batch).
+_CPU_PROMPT_BYTES = 2 * 2**20
 
 
 # `--help` headings of the generator flags (alps_hf.cli groups flags by each field's `group`).
@@ -83,7 +85,10 @@ class MaskGeneratorConfig:
     points_per_side: int | None = _setting(
         None, "Point grid per side: N x N point prompts per image (and per crop). Default: the preset's (dense 8, "
         "alps-paper 32).")
-    points_per_batch: int = _setting(64, "Prompts run through the mask decoder at once.", GROUP_SCALE, pass1=False)
+    points_per_batch: int = _setting(
+        0, "Prompts run through the mask decoder at once (0 = auto: 64 on GPU; on CPU, where the decoder is "
+        "memory-bound, as many as keep its per-prompt image tokens within 2 MiB, at least 2: 8 for the toy SAM, "
+        "2 for ViT-B/L/H and SAM 2 sizes).", GROUP_SCALE, pass1=False)
     pred_iou_thresh: float | None = _setting(
         None, "Keep masks whose predicted IoU exceeds this (0 disables). Default: the SAM family's own automatic mask "
         "generator's (SAM, SAM-HQ 0.88; SAM 2, EdgeTAM, SAM 3 tracker 0.8).")
@@ -140,11 +145,12 @@ class MaskGeneratorConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value} is outside [0, 1]; pass a value between 0 and 1 with {_flag(name)}")
-        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor"):
+        for name in ("points_per_side", "crop_n_points_downscale_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} {getattr(self, name)} must be a positive integer")
-        if self.upsample_chunk < 0:
-            raise ConfigError(f"--upsample-chunk {self.upsample_chunk} is negative; pass 0 (auto) or a positive integer")
+        for name in ("points_per_batch", "upsample_chunk"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} {getattr(self, name)} is negative; pass 0 (auto) or a positive integer")
         if self.crop_n_layers < 0 or self.min_area < 0:
             raise ConfigError("--crop-n-layers and --min-area must be >= 0")
         if self.stability_score_offset <= 0:
@@ -335,8 +341,9 @@ class MaskGenerator:
         crop_points = torch.as_tensor(points01, dtype=torch.float32, device=self.device) * torch.tensor(
             [crop_w, crop_h], dtype=torch.float32, device=self.device)
         survivors = []
-        for start in range(0, crop_points.shape[0], cfg.points_per_batch):
-            pts = crop_points[start:start + cfg.points_per_batch]
+        batch = self.prompt_batch(embedding)
+        for start in range(0, crop_points.shape[0], batch):
+            pts = crop_points[start:start + batch]
             logits, iou = self._decode(embedding, pts * scale)
             if self.family.lowres_cleanup and cfg.min_mask_region_area > 0:
                 logits = self._lowres_cleanup(logits, iou)
@@ -506,6 +513,23 @@ class MaskGenerator:
     def _area_gate(self) -> float:
         """The largest area fraction a mask may have: the ALPS gate, or none when large masks are kept as stuff."""
         return 1.0 if self.config.large_masks == "stuff" else self.config.max_area_fraction
+
+    def prompt_batch(self, encoding: ImageEncoding) -> int:
+        """Prompts per decoder call: `points_per_batch`, or with 0 a size that suits the device.
+
+        On CPU the decoder is memory-bound: its per-prompt copies of the image tokens (E x E x C floats,
+        C the decoder's width) and their upscaled maps stream through the cache on every layer. Measured
+        on 2 cores, decoder ms per prompt at batch 64 -> the batch chosen here: toy SAM (32 x 32 x 64, batch 8)
+        6.2 -> 5.0 at 1 thread, 3.4 -> 3.0 at 2; a ViT-B-sized decoder (64 x 64 x 256, random weights, batch 2)
+        121 -> 54 at 2 threads (batch 16 at 1 thread: 129 -> 102).
+        """
+        if self.config.points_per_batch > 0:
+            return self.config.points_per_batch
+        if self.device.type != "cpu":
+            return 64
+        channels, height, width = encoding.embedding.shape[-3:]
+        per_prompt = height * width * channels * 4
+        return int(min(64, max(2, 2 ** math.floor(math.log2(max(1, _CPU_PROMPT_BYTES // per_prompt))))))
 
     def _upsample_chunk(self, frame: EmbeddingFrame) -> int:
         """Masks per upsampling chunk: `upsample_chunk`, or with 0 a size that suits the device.
