@@ -47,6 +47,9 @@ from alps_hf.sam.masks import MaskSet
 # toy SAM (4 scenes, 787 masks passing at full resolution): full-res minus low-res stability has
 # median -0.003, 99th percentile 0.054, max 0.104 (small masks, ~400 px); 0.15 covers that.
 _STABILITY_SLACK = 0.15
+# Masks under this many full-resolution pixels (estimated from the low-res area) skip the stability
+# pre-filter: the toy SAM mask it lost at 32x32 (transformers' pipeline keeps it) was 199 px.
+_SMALL_MASK_PIXELS = 1024
 _AREA_SLACK = 0.02
 # Pixels per upsampling chunk on CPU with upsample_chunk = 0 (MaskGenerator._upsample_chunk).
 _CPU_CHUNK_PIXELS = 2**19
@@ -502,11 +505,13 @@ class MaskGenerator:
         keep = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
         if cfg.pred_iou_thresh > 0:
             keep &= iou > cfg.pred_iou_thresh
-        if cfg.stability_score_thresh > 0:
-            stab = amg.stability_score(valid, cfg.mask_threshold, cfg.stability_score_offset)
-            keep &= stab >= cfg.stability_score_thresh - _STABILITY_SLACK
         area = amg.count_true(valid > cfg.mask_threshold)
         keep &= area > 0
+        if cfg.stability_score_thresh > 0:
+            # A small mask's low-res stability says little about its full-res one: only the exact check decides.
+            small = area.float() * (frame.original[0] * frame.original[1] / float(vh * vw)) < _SMALL_MASK_PIXELS
+            stab = amg.stability_score(valid, cfg.mask_threshold, cfg.stability_score_offset)
+            keep &= small | (stab >= cfg.stability_score_thresh - _STABILITY_SLACK)
         keep &= area.float() / float(vh * vw) * crop_share <= self._area_gate() + _AREA_SLACK
         return keep
 
