@@ -12,9 +12,9 @@ For each family, on the same weights and images:
 Needs torchvision (the torchvision processors and the pipeline): run it in a separate environment, never
 in the project's own (its CPU torch and torchvision's wheels do not load together):
 
-    python3 -m venv /work/tvenv && /work/tvenv/bin/pip install torch==2.13.0 torchvision==0.28.0 timm
-    /work/tvenv/bin/pip install -e .
-    /work/tvenv/bin/python scripts/benchmark_sam_families.py --threads 1 --points-per-side 32
+    python3 -m venv ../compare-venv && ../compare-venv/bin/pip install torch==2.13.0 torchvision==0.28.0 timm pytest
+    ../compare-venv/bin/pip install -e .
+    ../compare-venv/bin/python scripts/benchmark_sam_families.py --threads 1 --points-per-side 32
 
 Weights: SAM is the toy SAM (`../shared/models/toy-sam`, trained, 512 px); the other families are tiny
 random models (tests/sam_family_fixtures.py, 128 px) whose mask-decoder output layer is scaled so their
