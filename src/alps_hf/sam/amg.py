@@ -119,12 +119,17 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, M) IoU of XYXY boxes, with torchvision's area convention (x1 - x0) * (y1 - y0)."""
+def box_intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, M) intersection areas of XYXY boxes, with torchvision's area convention."""
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp_min(0)
-    inter = wh[..., 0] * wh[..., 1]
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, M) IoU of XYXY boxes, with torchvision's area convention (x1 - x0) * (y1 - y0)."""
+    inter = box_intersection(a, b)
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
 

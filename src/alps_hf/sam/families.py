@@ -385,14 +385,15 @@ class SamAdapter:
         and nondecreasing, a superset of the bilinear support (see `bilinear_span`); the generator's box
         bounds (MaskGenerator._box_bounds) rely on it. Here: to the padded square, crop, then to the original.
         """
+        resized_again = tuple(frame.original) != tuple(frame.resized)  # as `upsample` decides
         spans = []
         for n_low, n_resized, n_orig in zip(low, frame.resized, frame.original, strict=True):
             lo, hi = bilinear_span(n_low, frame.padded)
-            if n_orig == n_resized and tuple(frame.original) == tuple(frame.resized):
-                spans.append((lo[:n_orig], hi[:n_orig]))
-            else:
+            if resized_again:
                 a, b = bilinear_span(n_resized, n_orig)
                 spans.append((lo[a], hi[b]))
+            else:
+                spans.append((lo[:n_orig], hi[:n_orig]))
         return tuple(spans)
 
     def image_problem(self, height: int, width: int) -> str | None:

@@ -361,20 +361,16 @@ class MaskGenerator:
         if not survivors:
             return MaskSet.empty(crop_h, crop_w, self.device)
         logits, iou, points = (torch.cat(parts) for parts in zip(*survivors, strict=True))
-        data = self._upsample_in_score_order(logits, iou, points, frame, crop_box, orig_size)
-        with self._timed("nms"):
-            order = amg.nms(data.boxes, data.iou_scores, cfg.box_nms_thresh)
-            data = data.filter(order)
-        return data
+        return self._upsample_in_score_order(logits, iou, points, frame, crop_box, orig_size)
 
     def _upsample_in_score_order(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size) -> MaskSet:
         """The crop's low-res survivors upsampled and checked, best score first, with box NMS as it goes.
 
-        Greedy NMS keeps a mask when no kept mask of higher score overlaps its box by more than the
-        threshold, so a candidate that is surely overlapped by an already kept mask is out whatever its
-        full-resolution stats: those are never upsampled. Whether it surely is comes from bounds on its box
-        that the low-res logits give (`_box_bounds`); the kept set, and so the result, is the same as
-        upsampling every survivor and running NMS on all (the final NMS in `_process_crop` keeps all of it).
+        This is `amg.nms` (greedy, highest score first, ties by index) run incrementally: a mask is kept when
+        no kept mask of higher score overlaps its box by more than the threshold. So a candidate that is
+        surely overlapped by an already kept mask is out whatever its full-resolution stats, and is never
+        upsampled. Whether it surely is comes from bounds on its box that the low-res logits give
+        (`_box_bounds`); the kept set and its order are those of upsampling every survivor, then NMS.
         Duplicates are most of the survivors on scenes with large regions: many prompts, one mask.
         """
         cfg = self.config
@@ -464,15 +460,8 @@ class MaskGenerator:
         """
         if not len(kept) or not len(inner):
             return torch.zeros(len(inner), dtype=torch.bool, device=inner.device)
-
-        def intersection(boxes: torch.Tensor) -> torch.Tensor:  # (n, k) with the kept boxes, amg.box_iou's way
-            lt = torch.maximum(kept[None, :, :2], boxes[:, None, :2])
-            rb = torch.minimum(kept[None, :, 2:], boxes[:, None, 2:])
-            wh = (rb - lt).clamp_min(0)
-            return wh[..., 0] * wh[..., 1]
-
-        inter = intersection(inner)  # NaN where the inner box is unknown
-        union = amg.box_area(kept)[None, :] + amg.box_area(outer)[:, None] - intersection(outer)
+        inter = amg.box_intersection(inner, kept)  # (n, k); NaN where the inner box is unknown
+        union = amg.box_area(kept)[None, :] + amg.box_area(outer)[:, None] - amg.box_intersection(outer, kept)
         bound = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
         bound = torch.nan_to_num(bound, nan=0.0)
         return (bound > self.config.box_nms_thresh + 1e-4).any(dim=1)
