@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from alps_hf.errors import ConfigError
+from alps_hf.sam import sam_decoder
 
 
 @dataclass(frozen=True)
@@ -338,11 +339,14 @@ class SamAdapter:
     """
 
     family = FAMILIES["sam"]
+    #: decode with `sam_decoder.decode_points` (same maths, per-image work shared) instead of the model's forward
+    own_decoder = False
 
     def __init__(self, model, processor):
         self.model = model
         self.processor = processor
         self.input_size = int(model.config.vision_config.image_size)
+        self.own_decoder = sam_decoder.supports(model)
 
     def preprocess(self, images: list[np.ndarray]):
         """(pixel_values, [(original, resized, padded)]) for RGB uint8 images."""
@@ -366,6 +370,9 @@ class SamAdapter:
 
     def decode(self, encoding: ImageEncoding, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits (P*M, h, w) and predicted IoUs (P*M,) for points (P, 2) in input-frame pixels."""
+        if self.own_decoder:
+            logits, iou = sam_decoder.decode_points(self.model, encoding.embedding, points)
+            return logits.flatten(0, 1).float(), iou.flatten().float()
         labels = torch.ones((1, points.shape[0], 1), dtype=torch.int64, device=points.device)
         out = self._forward(encoding, points[None, :, None, :], labels)
         return out.pred_masks[0].flatten(0, 1).float(), out.iou_scores[0].flatten().float()
