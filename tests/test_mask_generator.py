@@ -261,3 +261,17 @@ def test_stability_prefilter_spares_only_small_masks(model):
     big_sharp = block((0, 12), (0, 12))
     keep = gen._lowres_filter(torch.stack([big_soft, small_soft, big_sharp]), torch.full((3,), 0.99), frame, 1.0)
     assert keep.tolist() == [False, True, True]
+
+
+def test_lowres_filter_checks_pixels_of_iou_survivors_only(model):
+    gen, _ = designed_generator(model)
+    frame = EmbeddingFrame((H, W), (85, 128), TINY_INPUT)
+    big_soft, big_sharp, empty = block((0, 12), (0, 12), 0.3, -0.3), block((0, 12), (0, 12)), torch.full((32, 32), -5.0)
+    logits = torch.stack([big_sharp, big_sharp, big_soft, empty, big_sharp])
+    iou = torch.tensor([0.99, 0.2, 0.99, 0.99, 0.99])  # row 1 fails predicted IoU alone
+    keep = gen._lowres_filter(logits, iou, frame, 1.0)
+    assert keep.tolist() == [True, False, False, False, True]
+    # each row's verdict is the one it gets alone: selecting IoU survivors first changes no decision
+    alone = [bool(gen._lowres_filter(logits[i:i + 1], iou[i:i + 1], frame, 1.0)) for i in range(5)]
+    assert alone == keep.tolist()
+    assert not gen._lowres_filter(logits, torch.zeros(5), frame, 1.0).any()

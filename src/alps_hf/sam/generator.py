@@ -490,18 +490,21 @@ class MaskGenerator:
         low = logits.shape[-1]
         vh = min(low, math.ceil(frame.resized[0] * low / frame.padded))
         vw = min(low, math.ceil(frame.resized[1] * low / frame.padded))
-        valid = logits[:, :vh, :vw]
-        keep = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-        if cfg.pred_iou_thresh > 0:
-            keep &= iou > cfg.pred_iou_thresh
+        keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        # Predicted IoU needs no pixels: the pixel checks run on the masks it keeps only.
+        rows = keep.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return keep
+        valid = logits[rows, :vh, :vw] if rows.numel() < logits.shape[0] else logits[:, :vh, :vw]
         area = amg.count_true(valid > cfg.mask_threshold)
-        keep &= area > 0
+        passes = area > 0
         if cfg.stability_score_thresh > 0:
             # A small mask's low-res stability says little about its full-res one: only the exact check decides.
             small = area.float() * (frame.original[0] * frame.original[1] / float(vh * vw)) < _SMALL_MASK_PIXELS
             stab = amg.stability_score(valid, cfg.mask_threshold, cfg.stability_score_offset)
-            keep &= small | (stab >= cfg.stability_score_thresh - _STABILITY_SLACK)
-        keep &= area.float() / float(vh * vw) * crop_share <= self._area_gate() + _AREA_SLACK
+            passes &= small | (stab >= cfg.stability_score_thresh - _STABILITY_SLACK)
+        passes &= area.float() / float(vh * vw) * crop_share <= self._area_gate() + _AREA_SLACK
+        keep[rows] = passes
         return keep
 
     def _area_gate(self) -> float:
