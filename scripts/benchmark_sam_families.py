@@ -123,7 +123,8 @@ def run_family(family: str, folder: Path, images: list[np.ndarray], args) -> dic
     pred_iou = args.pred_iou_thresh if family == "sam" else args.random_pred_iou_thresh
     nms = args.box_nms_thresh if family == "sam" else args.random_box_nms_thresh
     stability = args.stability_score_thresh if family == "sam" else args.random_stability_score_thresh
-    cfg = MaskGeneratorConfig(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+    alps_batch = args.points_per_batch if args.alps_points_per_batch is None else args.alps_points_per_batch
+    cfg = MaskGeneratorConfig(points_per_side=args.points_per_side, points_per_batch=alps_batch,
                               pred_iou_thresh=pred_iou, stability_score_thresh=stability,
                               box_nms_thresh=nms, max_area_fraction=1.0, large_masks="drop", densify_rounds=0,
                               min_mask_region_area=0, fill=False)
@@ -180,7 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-images", type=int, default=2)
     p.add_argument("--image-size", type=int, default=512, help="Images are centre-cropped square, then resized.")
     p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--points-per-batch", type=int, default=64)
+    p.add_argument("--points-per-batch", type=int, default=64, help="Prompts per decoder call, both sides.")
+    p.add_argument("--alps-points-per-batch", type=int, default=None,
+                   help="alps_hf's own, when it should differ (0: its automatic choice; the pipeline's default is 64).")
     p.add_argument("--pred-iou-thresh", type=float, default=0.5, help="For the toy SAM (trained).")
     p.add_argument("--random-pred-iou-thresh", type=float, default=0.0, help="For the random-weight families.")
     p.add_argument("--box-nms-thresh", type=float, default=0.7, help="For the toy SAM.")
@@ -203,7 +206,8 @@ def main(argv=None) -> int:
     settings = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                            f"{args.threads} thread(s)", "images": [p.name for p in paths], **vars(args)}
     print(f"settings: {settings['machine']}; {len(images)} synthetic scenes at {args.image_size}x{args.image_size}; "
-          f"{args.points_per_side}x{args.points_per_side} grid, {args.points_per_batch} prompts per batch; "
+          f"{args.points_per_side}x{args.points_per_side} grid, {args.points_per_batch} prompts per batch"
+          + ("" if args.alps_points_per_batch is None else f" (alps_hf: {args.alps_points_per_batch or 'auto'})") + "; "
           f"toy SAM: pred IoU > {args.pred_iou_thresh}, stability >= {args.stability_score_thresh}, NMS "
           f"{args.box_nms_thresh}; random-weight families: pred IoU > {args.random_pred_iou_thresh}, stability >= "
           f"{args.random_stability_score_thresh}, NMS {args.random_box_nms_thresh}; {args.repeats} interleaved repeats, medians")
