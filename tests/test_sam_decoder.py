@@ -108,3 +108,19 @@ def test_other_families_keep_their_own_forward(family):
     model = tiny_model(family)
     assert not sam_decoder.supports(model)
     assert not adapter_for(model, tiny_processor(family)).own_decoder
+
+
+def test_decoder_benchmark_runs_and_reports_agreement(tmp_path, toy_sam_dir):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_sam_decoder.py"
+    out = tmp_path / "d.json"
+    subprocess.run([sys.executable, str(script), "--decoders", "toy", "--batches", "4", "--threads", "1",
+                    "--prompts", "8", "--repeats", "1", "--json", str(out)], check=True, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["decoder"], r["batch"], r["threads"]) for r in rows] == [("toy", 4, 1)]
+    assert rows[0]["max_abs_logit_diff"] <= 1e-5 * rows[0]["max_abs_logit"]
+    assert rows[0]["ms_per_prompt_alps"] > 0 and rows[0]["ms_per_prompt_transformers"] > 0

@@ -514,11 +514,11 @@ class MaskGenerator:
     def prompt_batch(self, encoding: ImageEncoding) -> int:
         """Prompts per decoder call: `points_per_batch`, or with 0 a size that suits the device.
 
-        On CPU the decoder is memory-bound: its per-prompt copies of the image tokens (E x E x C floats,
-        C the decoder's width) and their upscaled maps stream through the cache on every layer. Measured
-        on 2 cores, decoder ms per prompt at batch 64 -> the batch chosen here: toy SAM (32 x 32 x 64, batch 8)
-        6.2 -> 5.0 at 1 thread, 3.4 -> 3.0 at 2; a ViT-B-sized decoder (64 x 64 x 256, random weights, batch 2)
-        121 -> 54 at 2 threads (batch 16 at 1 thread: 129 -> 102).
+        On CPU the decoder is memory-bound: its per-prompt image tokens (E x E x C floats, C the decoder's
+        width) and their upscaled maps stream through the cache on every layer. Measured with
+        scripts/benchmark_sam_decoder.py (alps_hf's decoder, 2 cores), ms per prompt at batch 64 (16) -> the
+        batch chosen here: toy SAM (32 x 32 x 64, batch 8) 2.84 -> 2.17 at 1 thread, 1.81 -> 1.29 at 2; a
+        ViT-B-sized decoder (64 x 64 x 256, batch 2) 60.4 (16) -> 53.0 at 1 thread, 37.1 (16) -> 31.5 at 2.
         """
         if self.config.points_per_batch > 0:
             return self.config.points_per_batch
