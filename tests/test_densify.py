@@ -11,7 +11,7 @@ from alps_hf.sam.densify import cell_uncovered_share, densify_points, limit_poin
 def test_cell_share_against_a_loop():
     rng = np.random.default_rng(0)
     uncovered = rng.random((37, 23)) < 0.4
-    for n in (1, 4, 7, 23):
+    for n in (1, 4, 7, 23, 40, 50):  # 40, 50: more cells than rows / columns, so some are empty
         share = cell_uncovered_share(uncovered, n)
         ys = (np.arange(n + 1) * 37) // n
         xs = (np.arange(n + 1) * 23) // n

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from alps_hf.sam.features import mask_cell_weights, mask_features
+from alps_hf.sam.features import mask_cell_weights, mask_features, pixels_per_cell
 from alps_hf.sam.generator import EmbeddingFrame, MaskGenerator
 from sam_fixtures import TINY_INPUT, tiny_sam_model, tiny_sam_processor
 
@@ -66,8 +66,9 @@ def processor_frame(height: int, width: int, input_size: int) -> EmbeddingFrame:
 
 @pytest.mark.parametrize(
     ("height", "width", "input_size", "grid"),
-    [(24, 24, 32, 8), (13, 21, 32, 8), (21, 13, 32, 8), (40, 17, 64, 16), (5, 7, 32, 4), (70, 50, 32, 8)],
-    ids=["square", "wide", "tall", "tall-upscaled", "tiny", "downscaled"],
+    [(24, 24, 32, 8), (13, 21, 32, 8), (21, 13, 32, 8), (40, 17, 64, 16), (5, 7, 32, 4), (70, 50, 32, 8),
+     (32, 24, 32, 8), (16, 12, 32, 8)],
+    ids=["square", "wide", "tall", "tall-upscaled", "tiny", "downscaled", "aligned-padded", "aligned-upscaled"],
 )
 def test_mask_features_equal_naive_loop(height, width, input_size, grid):
     rng = np.random.default_rng(height * 100 + width)
@@ -141,3 +142,30 @@ def test_generator_frame_matches_processor_and_features_match_naive():
     masks = random_masks(rng, 4, 37, 90)
     got = mask_features(torch.as_tensor(masks), emb, frame).numpy()
     np.testing.assert_allclose(got, naive_features(masks, emb.numpy(), frame), rtol=1e-4, atol=1e-5)
+
+
+def test_pixels_per_cell_only_for_cells_of_whole_pixel_blocks():
+    assert pixels_per_cell(512, 512, 32, 512) == 16  # toy SAM, 512 px tile
+    assert pixels_per_cell(512, 1024, 64, 1024) == 8  # SAM ViT, 512 px tile upscaled
+    assert pixels_per_cell(24, 32, 8, 32) == 3
+    assert pixels_per_cell(384, 384, 32, 512) == 16  # the short side of a padded frame
+    assert pixels_per_cell(300, 300, 32, 512) is None  # ends inside a cell
+    assert pixels_per_cell(13, 21, 8, 32) is None  # 21 / 13 resize: cells are not whole pixels
+    assert pixels_per_cell(16, 32, 8, 32) == 2
+
+
+@pytest.mark.parametrize(("height", "width", "input_size", "grid"), [(32, 24, 32, 8), (24, 24, 32, 8), (16, 12, 32, 8)])
+def test_aligned_block_counts_equal_the_coverage_matmuls(monkeypatch, height, width, input_size, grid):
+    from alps_hf.sam import features
+
+    rng = np.random.default_rng(7)
+    frame = processor_frame(height, width, input_size)
+    masks = torch.as_tensor(random_masks(rng, 9, height, width))
+    k = pixels_per_cell(height, frame.resized[0], grid, input_size)
+    assert k is not None and k == pixels_per_cell(width, frame.resized[1], grid, input_size)
+    fast = mask_cell_weights(masks, frame, grid)
+    monkeypatch.setattr(features, "pixels_per_cell", lambda *args: None)
+    slow = mask_cell_weights(masks, frame, grid)
+    if k & (k - 1) == 0:  # k a power of 2: the shares are exact floats both ways
+        assert torch.equal(fast, slow)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)  # k = 3: 1/9 rounds differently, no more

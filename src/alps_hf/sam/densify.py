@@ -21,12 +21,11 @@ def cell_uncovered_share(uncovered: np.ndarray, n_per_side: int) -> np.ndarray:
     h, w = uncovered.shape
     ys = (np.arange(n_per_side + 1) * h) // n_per_side
     xs = (np.arange(n_per_side + 1) * w) // n_per_side
-    # Summed-area table: every cell's count in O(1), whatever the grid.
-    table = np.zeros((h + 1, w + 1), dtype=np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(uncovered.astype(np.int64), axis=0), axis=1)
-    counts = table[ys[1:, None], xs[None, 1:]] - table[ys[:-1, None], xs[None, 1:]] \
-        - table[ys[1:, None], xs[None, :-1]] + table[ys[:-1, None], xs[None, :-1]]
     sizes = np.diff(ys)[:, None] * np.diff(xs)[None, :]
+    # Block sums with reduceat over row then column bands (a summed-area table's two int64 cumsums cost
+    # ~4x more). reduceat gives an empty band the single row / column at its start: zeroed by `sizes`.
+    rows = np.add.reduceat(uncovered.view(np.uint8), np.minimum(ys[:-1], h - 1), axis=0, dtype=np.int64)
+    counts = np.add.reduceat(rows, np.minimum(xs[:-1], w - 1), axis=1)
     return np.where(sizes > 0, counts / np.maximum(sizes, 1), 0.0)
 
 
