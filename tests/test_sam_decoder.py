@@ -124,3 +124,20 @@ def test_decoder_benchmark_runs_and_reports_agreement(tmp_path, toy_sam_dir):
     assert [(r["decoder"], r["batch"], r["threads"]) for r in rows] == [("toy", 4, 1)]
     assert rows[0]["max_abs_logit_diff"] <= 1e-5 * rows[0]["max_abs_logit"]
     assert rows[0]["ms_per_prompt_alps"] > 0 and rows[0]["ms_per_prompt_transformers"] > 0
+
+
+def test_bfloat16_decoding_stays_within_bfloat16_rounding_of_float32(toy_sam_dir):
+    from transformers import SamModel
+
+    model = SamModel.from_pretrained(toy_sam_dir).eval()
+    torch.manual_seed(3)
+    embedding, points = torch.randn(64, 32, 32), torch.rand(8, 2) * 512
+    ref_logits, ref_iou = transformers_decode(model, embedding, points)
+    model = model.to(torch.bfloat16)  # what --dtype auto picks on CUDA
+    logits, iou = sam_decoder.decode_points(model, embedding.bfloat16(), points.bfloat16())
+    theirs, _ = transformers_decode(model, embedding.bfloat16(), points.bfloat16())
+    assert logits.dtype == torch.bfloat16
+    ours_err = float((logits.float() - ref_logits).abs().max())
+    their_err = float((theirs.float() - ref_logits).abs().max())
+    assert ours_err <= max(2 * their_err, 0.05 * float(ref_logits.abs().max()))
+    assert float((iou.float() - ref_iou).abs().max()) < 0.05

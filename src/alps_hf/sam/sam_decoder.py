@@ -68,8 +68,9 @@ def _image_to_token(attn, image: torch.Tensor, tokens_k: torch.Tensor, tokens_v:
     h = attn.num_attention_heads
     q = _heads(attn.q_proj(image), h)  # (..., h, N, d)
     k, v = _heads(attn.k_proj(tokens_k), h), _heads(attn.v_proj(tokens_v), h)  # (P, h, T, d)
-    weights = torch.softmax((k @ q.transpose(-1, -2)) * attn.scaling, dim=-2)  # (P, h, T, N)
-    return attn.out_proj(_merge(weights.transpose(-1, -2) @ v))
+    # softmax in float32, as transformers' eager attention does (a no-op cast for float32 models)
+    weights = torch.softmax((k @ q.transpose(-1, -2)) * attn.scaling, dim=-2, dtype=torch.float32).to(v.dtype)
+    return attn.out_proj(_merge(weights.transpose(-1, -2) @ v))  # weights: (P, h, T, N)
 
 
 def _self_or_cross(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
