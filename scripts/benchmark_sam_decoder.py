@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from alps_hf.sam.sam_decoder import decode_points  # noqa: E402
+from alps_hf.sam.sam_decoder import decode_points, transformers_decode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -44,14 +44,6 @@ def load_decoder(name: str):
               "num_pos_feats": 128}
     torch.manual_seed(0)
     return SamModel(SamConfig(vision_config=vision)).eval(), (256, 64, 64)
-
-
-def transformers_decode(model, embedding, points):
-    labels = torch.ones((1, points.shape[0], 1), dtype=torch.int64)
-    with torch.inference_mode():
-        out = model(image_embeddings=embedding[None], input_points=points[None, :, None, :], input_labels=labels,
-                    multimask_output=True)
-    return out.pred_masks[0], out.iou_scores[0]
 
 
 def time_per_prompt(fn, model, embedding: torch.Tensor, points: torch.Tensor, batch: int) -> float:

@@ -33,17 +33,9 @@ def sam_model(seed=0, **decoder):
     return model
 
 
-def transformers_decode(model, embedding, points):
-    labels = torch.ones((1, points.shape[0], 1), dtype=torch.int64)
-    with torch.inference_mode():
-        out = model(image_embeddings=embedding[None], input_points=points[None, :, None, :], input_labels=labels,
-                    multimask_output=True)
-    return out.pred_masks[0], out.iou_scores[0]
-
-
 def assert_same_decoding(model, embedding, points):
     ours_logits, ours_iou = sam_decoder.decode_points(model, embedding, points)
-    ref_logits, ref_iou = transformers_decode(model, embedding, points)
+    ref_logits, ref_iou = sam_decoder.transformers_decode(model, embedding, points)
     assert ours_logits.shape == ref_logits.shape and ours_iou.shape == ref_iou.shape
     scale = float(ref_logits.abs().max())
     assert scale > 1.0  # not a vacuous comparison of near-zero logits
@@ -132,10 +124,10 @@ def test_bfloat16_decoding_stays_within_bfloat16_rounding_of_float32(toy_sam_dir
     model = SamModel.from_pretrained(toy_sam_dir).eval()
     torch.manual_seed(3)
     embedding, points = torch.randn(64, 32, 32), torch.rand(8, 2) * 512
-    ref_logits, ref_iou = transformers_decode(model, embedding, points)
+    ref_logits, ref_iou = sam_decoder.transformers_decode(model, embedding, points)
     model = model.to(torch.bfloat16)  # what --dtype auto picks on CUDA
     logits, iou = sam_decoder.decode_points(model, embedding.bfloat16(), points.bfloat16())
-    theirs, _ = transformers_decode(model, embedding.bfloat16(), points.bfloat16())
+    theirs, _ = sam_decoder.transformers_decode(model, embedding.bfloat16(), points.bfloat16())
     assert logits.dtype == torch.bfloat16
     ours_err = float((logits.float() - ref_logits).abs().max())
     their_err = float((theirs.float() - ref_logits).abs().max())

@@ -78,6 +78,18 @@ def _self_or_cross(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Te
 
 
 @torch.inference_mode()
+def transformers_decode(model, embedding: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference `decode_points` reproduces: `SamModel.forward` on the same embedding and points.
+
+    Returns multimask logits (P, 3, h, w) and IoUs (P, 3), for tests and scripts/benchmark_sam_decoder.py.
+    """
+    labels = torch.ones((1, points.shape[0], 1), dtype=torch.int64, device=points.device)
+    out = model(image_embeddings=embedding[None], input_points=points[None, :, None, :], input_labels=labels,
+                multimask_output=True)
+    return out.pred_masks[0], out.iou_scores[0]
+
+
+@torch.inference_mode()
 def decode_points(model, embedding: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Multimask low-res logits (P, 3, h, w) and predicted IoUs (P, 3) of single foreground points.
 
