@@ -12,25 +12,33 @@ image, so a slow moment of a shared machine does not fall on one variant):
 - `dense`: the default preset (8x8 grid, 3 densify rounds within a 256-prompt budget, stuff, fill);
 - `dense-16`: the first dense preset (16x16 grid, 2 densify rounds within 512 prompts), what the
   default replaced;
-- `paper-32`: the ALPS paper preset (plain 32x32 grid, 1024 prompts).
+- `paper-32`: the ALPS paper preset (plain 32x32 grid, 1024 prompts);
+- `then-16` (with `--then REV`, default the commit issue 10 measured, d331c74): pass 1 of alps_hf as it was
+  at that commit (its own package, imported from `git archive REV` under another name, on the same loaded
+  SAM), with the issue's settings: 16x16 grid, ALPS area gate 0.3, no stuff or fill. This is the issue's
+  "today's labeling time at the same grid" read literally; `paper-16` is the same settings on today's code.
 
 Per variant: seconds per image (all of pass 1 for one image), prompts decoded per image, the share of
 pixels under a kept mask and under a segment (fill included). Paired per image: time of `dense` over
 `paper-16`, `paper-8` and `dense-16`, prompts of `dense` over `paper-32`, and the share of `paper-32`'s kept masks that `dense`
-recovers (a mask of `dense` with IoU >= 0.9; `paper-16` for reference).
+recovers (a mask of `dense` with IoU >= 0.9; `paper-16` for reference); with `--then`, time of `dense` and
+`paper-16` over `then-16`. Per variant also the seconds per image of each stage (generator and pass 1).
 
     python scripts/benchmark_dense_labels.py --num-images 12 --threads 2
-    python scripts/benchmark_dense_labels.py --num-images 1 --size 128 --json /tmp/d.json   # seconds
+    python scripts/benchmark_dense_labels.py --num-images 1 --size 128 --then '' --json /tmp/d.json   # seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +53,8 @@ from alps_hf.labeling.pass1 import Pass1Runner
 from alps_hf.labeling.writer import decode_png
 from alps_hf.sam.generator import MaskGenerator, MaskGeneratorConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 MAKE_SCENES = SHARED / "data" / "synthetic_scenes" / "make_scenes.py"
 TOY_SAM = SHARED / "models" / "toy-sam"
 VARIANTS = {
@@ -62,7 +71,15 @@ RATIOS = (
     ("time_dense_over_dense16", "dense", "dense-16", "seconds"),
     ("prompts_dense_over_paper32", "dense", "paper-32", "prompts"),
 )
+THEN_RATIOS = (
+    ("time_dense_over_then16", "dense", "then-16", "seconds"),
+    ("time_paper16_over_then16", "paper-16", "then-16", "seconds"),
+)
 RECOVERY_IOU = 0.9
+#: The commit issue 10 measured labeling at ("today's labeling time at the same grid").
+ISSUE_10_BASE = "d331c74"
+#: The settings issue 10 measured with: 16x16 grid, ALPS gate 0.3 (large masks dropped), no stuff or fill.
+THEN_SETTINGS = {"points_per_side": 16, "max_area_fraction": 0.3}
 
 
 def scenes(folder: Path, n: int, size: int, seed0: int) -> list[Path]:
@@ -87,6 +104,66 @@ def runners(sam: str, args) -> dict[str, Pass1Runner]:
     return out
 
 
+class ThenRunner:
+    """Pass 1 of alps_hf at an earlier commit, on the same loaded SAM: its package imported under another name.
+
+    `git archive REV src/alps_hf` is unpacked into `folder` as the package `alps_hf_then` (its modules import
+    each other relatively) and its `pipeline.Pass1Runner` (the flat layout before the restructure of
+    issue 9) labels with the issue's settings. Records there are dicts; only time and the error are read.
+    """
+
+    def __init__(self, rev: str, folder: Path, model, processor, args):
+        try:
+            blob = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/alps_hf"], check=True,
+                                  capture_output=True).stdout
+        except (OSError, subprocess.CalledProcessError) as err:
+            detail = getattr(err, "stderr", b"") or str(err).encode()
+            raise SystemExit(f"--then {rev!r}: cannot read that commit from the git checkout at {REPO} "
+                             f"({detail.decode(errors='replace').strip()}); pass a commit of this repository or "
+                             f"--then '' to skip the then-16 variant") from None
+        archive = folder / "then.tar"
+        archive.write_bytes(blob)
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+        shutil.move(str(folder / "src" / "alps_hf"), str(folder / "alps_hf_then"))
+        sys.path.insert(0, str(folder))
+        try:
+            config = importlib.import_module("alps_hf_then.config")
+            pipeline = importlib.import_module("alps_hf_then.pipeline")
+            generator = importlib.import_module("alps_hf_then.mask_generator")
+            self.sources = importlib.import_module("alps_hf_then.sources")
+        except ImportError as err:
+            raise SystemExit(f"--then {rev!r}: that commit has no flat alps_hf.pipeline / mask_generator / sources "
+                             f"({err}); this variant reads the layout of {ISSUE_10_BASE} and its neighbours") from None
+        finally:
+            sys.path.remove(str(folder))
+        cfg = config.LabelConfig(inputs=["-"], output="-", sam=args.sam, num_clusters=2,
+                                 pred_iou_thresh=args.pred_iou_thresh,
+                                 stability_score_thresh=args.stability_score_thresh, **THEN_SETTINGS)
+        self.runner = pipeline.Pass1Runner(
+            generator.MaskGenerator(model, processor, pipeline.generator_config(cfg)), cfg)
+
+    def label(self, index: int, path: Path) -> dict:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        loaded = self.sources.LoadedImage(rgb=rgb, image_bytes=path.read_bytes())
+        before = self.runner.generator.counts["decoder_prompts"]
+        start = time.perf_counter()
+        (record,) = self.runner.label_batch([(index, self.sources.ImageItem(path.name, lambda: loaded), loaded)])
+        seconds = time.perf_counter() - start
+        if record["error"]:
+            raise SystemExit(f"then-16, {path.name}: {record['error']}")
+        return {"seconds": seconds, "prompts": self.runner.generator.counts["decoder_prompts"] - before,
+                "segments": decode_png(record["segments_png"])}
+
+    def timings(self) -> dict[str, float]:
+        return {**self.runner.generator.timings, **{f"pass1.{k}": v for k, v in self.runner.timings.items()}}
+
+
+def stage_seconds(runner: Pass1Runner) -> dict[str, float]:
+    """Cumulative seconds per stage of a runner: its generator's stages and pass 1's own."""
+    return {**runner.generator.timings, **{f"pass1.{k}": v for k, v in runner.timings.items()}}
+
+
 def label_one(runner: Pass1Runner, index: int, path: Path) -> dict:
     """Pass 1 on one image: seconds, prompts, kept masks (bool, H x W each), coverage by masks and by segments."""
     captured = {}
@@ -109,7 +186,7 @@ def label_one(runner: Pass1Runner, index: int, path: Path) -> dict:
     masks = captured["out"][0].masks.masks.cpu()
     segments = decode_png(record.segments_png)
     return {"seconds": seconds, "prompts": runner.generator.counts["decoder_prompts"] - before,
-            "masks": masks, "mask_coverage": float(masks.any(dim=0).float().mean()) if len(masks) else 0.0,
+            "masks": masks, "segments": segments, "mask_coverage": float(masks.any(dim=0).float().mean()) if len(masks) else 0.0,
             "segment_coverage": float((segments > 0).mean()), "kept_masks": int(len(masks))}
 
 
@@ -143,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pred-iou-thresh", type=float, default=0.5)
     p.add_argument("--stability-score-thresh", type=float, default=0.8)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
+    p.add_argument("--then", default=ISSUE_10_BASE,
+                   help="Also time pass 1 of alps_hf at this commit with the issue's settings (then-16); '' skips it.")
     p.add_argument("--json", default="benchmark_dense_labels.json")
     args = p.parse_args(argv)
     if args.threads:
@@ -150,14 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = scenes(Path(tmp), args.num_images, args.size, args.seed0)
         runs = runners(args.sam, args)
-        label_one(runs["paper-16"], -1, paths[0])  # warm-up: first-call allocations fall on no variant
         names = list(VARIANTS)
+        labelers = {name: (lambda i, path, r=runs[name]: label_one(r, i, path)) for name in names}
+        clocks = {name: (lambda r=runs[name]: stage_seconds(r)) for name in names}
+        ratios = RATIOS
+        if args.then:
+            base = runs["paper-16"].generator
+            then = ThenRunner(args.then, Path(tmp), base.model, base.processor, args)
+            names.append("then-16")
+            labelers["then-16"], clocks["then-16"] = then.label, then.timings
+            ratios = RATIOS + THEN_RATIOS
+        for name in names:  # warm-up: first-call allocations fall on no variant
+            labelers[name](-1, paths[0])
+        started = {name: dict(clocks[name]()) for name in names}
         per_image = []
         for i, path in enumerate(paths):
             order = names[i % len(names):] + names[:i % len(names)]
-            got = {name: label_one(runs[name], i, path) for name in order}
-            row = {name: {k: v for k, v in r.items() if k != "masks"} for name, r in got.items()}
-            for key, top, bottom, what in RATIOS:
+            got = {name: labelers[name](i, path) for name in order}
+            row = {name: {k: v for k, v in r.items() if k not in ("masks", "segments")} for name, r in got.items()}
+            if args.then:  # the same settings on both codes: how far today's paper pipeline is from then's
+                row["then16_pixels_equal_paper16"] = float(
+                    (got["then-16"]["segments"] == got["paper-16"]["segments"]).mean())
+            for key, top, bottom, what in ratios:
                 row[key] = got[top][what] / got[bottom][what]
             row["recovered_by_dense"] = recovered(got["paper-32"]["masks"], got["dense"]["masks"])
             row["recovered_by_paper16"] = recovered(got["paper-32"]["masks"], got["paper-16"]["masks"])
@@ -166,32 +259,45 @@ def main(argv: list[str] | None = None) -> int:
             per_image.append(row)
             print(f"[{i + 1}/{len(paths)}] {path.name}: " + ", ".join(
                 f"{n} {row[n]['seconds']:.1f} s / {row[n]['prompts']} prompts" for n in names), flush=True)
-    summary = {name: {key: _stats([r[name][key] for r in per_image])
-                      for key in ("seconds", "prompts", "kept_masks", "mask_coverage", "segment_coverage")}
-               for name in names}
+    stages = {name: {k: (v - started[name].get(k, 0.0)) / len(paths) for k, v in clocks[name]().items()}
+              for name in names}
+    keys = ("seconds", "prompts", "kept_masks", "mask_coverage", "segment_coverage")
+    summary = {name: {key: _stats([r[name].get(key) for r in per_image]) for key in keys} for name in names}
     paired = {key: _stats([r[key] for r in per_image])
-              for key in (*(r[0] for r in RATIOS), "recovered_by_dense", "recovered_by_paper16",
-                          "recovered_by_dense16")}
+              for key in (*(r[0] for r in ratios), "recovered_by_dense", "recovered_by_paper16",
+                          "recovered_by_dense16", *(("then16_pixels_equal_paper16",) if args.then else ()))}
     machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
     result = {"settings": {**{k: v for k, v in vars(args).items() if k != "json"}, "variants": VARIANTS,
+                           "then_settings": THEN_SETTINGS if args.then else None,
                            "recovery_iou": RECOVERY_IOU, "machine": machine},
-              "summary": summary, "paired": paired, "per_image": per_image}
+              "summary": summary, "paired": paired, "stage_seconds_per_image": stages, "per_image": per_image}
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"benchmark_dense_labels: {len(paths)} scenes of {args.size} px (seeds from {args.seed0}), "
-          f"{Path(args.sam).name}, pred IoU {args.pred_iou_thresh}, stability {args.stability_score_thresh}; {machine}")
+          f"{Path(args.sam).name}, pred IoU {args.pred_iou_thresh}, stability {args.stability_score_thresh}"
+          f"{f', then-16 = alps_hf at {args.then}' if args.then else ''}; {machine}")
     print(f"{'variant':<10} {'s/img':>7} {'prompts':>8} {'masks':>6} {'mask cov':>9} {'segment cov':>12}")
+
+    def cell(stat: dict, fmt: str, scale: float = 1.0, width: int = 6) -> str:
+        return f"{scale * stat['mean']:{fmt}}" if stat["n"] else "-".rjust(width)
+
     for name in names:
         s = summary[name]
-        print(f"{name:<10} {s['seconds']['mean']:7.2f} {s['prompts']['mean']:8.1f} {s['kept_masks']['mean']:6.1f} "
-              f"{100 * s['mask_coverage']['mean']:8.1f}% {100 * s['segment_coverage']['mean']:11.1f}%")
-    for key, label in (*((k, f"{what} {top} / {bottom} (paired per image)") for k, top, bottom, what in RATIOS),
+        print(f"{name:<10} {cell(s['seconds'], '7.2f', width=7)} {cell(s['prompts'], '8.1f', width=8)} "
+              f"{cell(s['kept_masks'], '6.1f')} {cell(s['mask_coverage'], '8.1f', 100, 8)}% "
+              f"{cell(s['segment_coverage'], '11.1f', 100, 11)}%")
+    for key, label in (*((k, f"{what} {top} / {bottom} (paired per image)") for k, top, bottom, what in ratios),
                        ("recovered_by_dense", f"paper-32 masks recovered by dense (IoU >= {RECOVERY_IOU})"),
                        ("recovered_by_paper16", "paper-32 masks recovered by paper-16"),
-                       ("recovered_by_dense16", "paper-32 masks recovered by dense-16")):
+                       ("recovered_by_dense16", "paper-32 masks recovered by dense-16"),
+                       ("then16_pixels_equal_paper16", "share of pixels with the same segment id in then-16 and paper-16")):
         s = paired[key]
         if s["n"]:
             print(f"{label}: mean {s['mean']:.3f} (min {s['min']:.3f}, max {s['max']:.3f}, {s['n']} images)")
+    print("stage seconds per image:")
+    for name in names:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in stages[name].items() if v >= 0.0005)
+        print(f"  {name:<10} {parts}")
     print(f"wrote {args.json}")
     return 0
 
