@@ -95,7 +95,7 @@ def test_random_masks_against_naive_rule(seed):
         masks[k, y0:y0 + rng.integers(1, 6), x0:x0 + rng.integers(1, 6)] = True  # many equal areas
     scores = (rng.integers(0, 3, n) / 2).tolist()  # many equal scores
     valid = rng.random((h, w)) > 0.1 if seed % 2 else None
-    seg = paint_segments(make_set(masks, scores), None if valid is None else torch.as_tensor(valid), chunk=4)
+    seg = paint_segments(make_set(masks, scores), None if valid is None else torch.as_tensor(valid))
     expected, visible = naive_segments(masks, scores, valid)
     assert np.array_equal(seg.segments.numpy(), expected)
     assert seg.mask_index.tolist() == visible

@@ -91,8 +91,12 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
     Returns:
         (N,) float; 1.0 for a mask whose looser version is empty (0 / 0 is defined as 1 there).
     """
-    inter = count_true(logits > (mask_threshold + offset))
-    union = count_true(logits > (mask_threshold - offset))
+    return stability_from_counts(count_true(logits > (mask_threshold + offset)),
+                                 count_true(logits > (mask_threshold - offset)))
+
+
+def stability_from_counts(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """`stability_score` from its two (N,) int64 pixel counts: above threshold + offset, above threshold - offset."""
     return torch.where(union > 0, inter.float() / union.clamp_min(1).float(), torch.ones_like(inter, dtype=torch.float))
 
 

@@ -330,6 +330,13 @@ def bilinear_span(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(lo, 0, n_in - 1), np.clip(hi, 0, n_in - 1)
 
 
+def integer_factors(low: tuple[int, int], out: tuple[int, int]) -> tuple[int, int] | None:
+    """(out_h // low_h, out_w // low_w) when both divide exactly, else None."""
+    if any(o % n for n, o in zip(low, out, strict=True)):
+        return None
+    return out[0] // low[0], out[1] // low[1]
+
+
 class SamAdapter:
     """SAM: SamImageProcessorPil (longest side resized, padded), one embedding, 3 masks per prompt.
 
@@ -384,6 +391,17 @@ class SamAdapter:
         if tuple(frame.original) != tuple(frame.resized):  # a same-size bilinear resize is the identity: skip it
             full = F.interpolate(full, tuple(frame.original), mode="bilinear", align_corners=False)
         return full
+
+    def upsample_factors(self, frame, low: tuple[int, int]) -> tuple[int, int] | None:
+        """(sy, sx) when `upsample` is one bilinear resize by integer factors followed by a crop, else None.
+
+        Then a window of the low-res logits upsamples to the same pixels as the whole (sam/upsample.py); a
+        second resize (an image labeled at another size than SAM's input) has no such windows. Here: padded
+        square / low-res size on each axis, with the original size equal to the resized one.
+        """
+        if tuple(frame.original) != tuple(frame.resized):
+            return None
+        return integer_factors(low, (frame.padded, frame.padded))
 
     def upsample_spans(self, frame, low: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """For each row and column of `upsample`'s output, the low-res rows / columns it can depend on.
@@ -463,6 +481,10 @@ class Sam2Adapter(SamAdapter):
     def upsample(self, logits: torch.Tensor, frame) -> torch.Tensor:
         """Straight from low resolution to the original size (SAM2Transforms / Sam2ImageProcessor do the same)."""
         return F.interpolate(logits, tuple(frame.original), mode="bilinear", align_corners=False)
+
+    def upsample_factors(self, frame, low: tuple[int, int]) -> tuple[int, int] | None:
+        """As SamAdapter.upsample_factors, for the one resize straight to the original size."""
+        return integer_factors(low, tuple(frame.original))
 
     def upsample_spans(self, frame, low: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """As SamAdapter.upsample_spans, for the one resize straight to the original size."""

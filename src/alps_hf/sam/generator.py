@@ -40,6 +40,7 @@ from alps_hf.sam.families import (
     read_family,
 )
 from alps_hf.sam.masks import MaskSet
+from alps_hf.sam.upsample import upsample_window, window, windows_are_exact
 
 # Low-resolution pre-filter slack: a mask is upsampled when its low-res stability / area is within
 # this margin of the threshold; the exact full-resolution check decides. Keeps the fast path equal
@@ -275,6 +276,9 @@ class MaskGenerator:
         # Skip upsampling survivors that NMS surely drops (_upsample_in_score_order); False upsamples every
         # survivor, the reference the tests compare with. The masks are the same either way.
         self.presuppress = True
+        # On CPU, upsample each survivor only over the window where it can be (sam/upsample.py) when the
+        # family's resize allows it; False upsamples whole frames. The masks are the same either way.
+        self.windowed = self.device.type == "cpu"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: MaskGeneratorConfig | None = None, *,
@@ -541,9 +545,81 @@ class MaskGenerator:
             return 8
         return max(1, _CPU_CHUNK_PIXELS // (frame.original[0] * frame.original[1]))
 
+    def _window_factors(self, frame: EmbeddingFrame, low: tuple[int, int], dtype: torch.dtype) -> tuple[int, int] | None:
+        """The resize factors when survivors can be upsampled window by window here, else None."""
+        if not self.windowed:
+            return None
+        factors = self.adapter.upsample_factors(frame, low)
+        if factors is None or not windows_are_exact(tuple(low), factors, self.device.type, dtype):
+            return None
+        return factors
+
+    def _exact_keep(self, areas: torch.Tensor, stab: torch.Tensor, orig_size) -> torch.Tensor:
+        """The full-resolution filters on (n,) areas and stability scores: nonempty, stable, within the gate."""
+        cfg = self.config
+        keep = areas > 0
+        if cfg.stability_score_thresh > 0:
+            keep &= stab >= cfg.stability_score_thresh
+        keep &= areas.float() / float(orig_size[0] * orig_size[1]) <= self._area_gate()
+        if cfg.min_area > 0:
+            keep &= areas >= cfg.min_area
+        return keep
+
+    def _upsample_windows_and_check(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size,
+                                    factors: tuple[int, int]) -> MaskSet:
+        """`_upsample_and_check` with each survivor upsampled over its window only (sam/upsample.py).
+
+        The counts, boxes and masks are those of the whole-frame path: outside a window every pixel is below
+        the lowest threshold in play (mask threshold minus the stability offset) in both.
+        """
+        cfg = self.config
+        h, w = frame.original
+        hi_thr, lo_thr = cfg.mask_threshold + cfg.stability_score_offset, cfg.mask_threshold - cfg.stability_score_offset
+        lowest = min(cfg.mask_threshold, hi_thr, lo_thr)
+        with self._timed("filter"):
+            margin = 1e-4 * (1.0 + max(abs(float(logits.max())), abs(float(logits.min())))) if len(logits) else 0.0
+            maybe = logits > lowest - margin
+            row_any = amg.any_along(maybe, 2).cpu().numpy()
+            col_any = amg.any_along(maybe, 1).cpu().numpy()
+        n = logits.shape[0]
+        inter = torch.zeros(n, dtype=torch.int64)
+        union = torch.zeros(n, dtype=torch.int64)
+        areas = torch.zeros(n, dtype=torch.int64)
+        boxes = torch.zeros((n, 4))
+        pieces = {}
+        for i in range(n):
+            if not row_any[i].any():
+                continue  # nothing above the lowest threshold: an empty mask, as in the whole-frame path
+            self.counts["masks_windowed"] += 1
+            with self._timed("upsample"):
+                pixels, y0, x0 = upsample_window(logits[i], window(row_any[i]), window(col_any[i]), factors, (h, w))
+            with self._timed("filter"):
+                mask = pixels > cfg.mask_threshold
+                counts = amg.count_true(torch.stack([pixels > hi_thr, pixels > lo_thr, mask]))
+                inter[i], union[i], areas[i] = counts.tolist()
+                if areas[i] > 0:
+                    boxes[i] = amg.masks_to_boxes(mask[None])[0] + torch.tensor([x0, y0, x0, y0])
+                pieces[i] = (mask, y0, x0)
+        with self._timed("filter"):
+            stab = amg.stability_from_counts(inter, union)
+            keep = self._exact_keep(areas, stab, orig_size)
+            if crop_box != [0, 0, orig_size[1], orig_size[0]]:
+                keep &= ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+            rows = keep.nonzero().squeeze(1).tolist()
+            masks = torch.zeros((len(rows), h, w), dtype=torch.bool, device=logits.device)
+            for k, i in enumerate(rows):
+                mask, y0, x0 = pieces[i]
+                masks[k, y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
+        keep_d = keep.to(logits.device)
+        return MaskSet(masks, boxes[keep].to(logits.device), iou[keep_d], stab[keep].to(logits.device),
+                       areas[keep].to(logits.device), points[keep_d])
+
     def _upsample_and_check(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size) -> MaskSet:
         """Upsample survivors in chunks (as the family's processor does) and apply exact filters."""
         cfg = self.config
+        factors = self._window_factors(frame, tuple(logits.shape[-2:]), logits.dtype)
+        if factors is not None:
+            return self._upsample_windows_and_check(logits, iou, points, frame, crop_box, orig_size, factors)
         parts = []
         step = self._upsample_chunk(frame)
         for start in range(0, logits.shape[0], step):
@@ -555,12 +631,7 @@ class MaskGenerator:
                 masks = full > cfg.mask_threshold
                 del full
                 areas = amg.count_true(masks)
-                keep = areas > 0
-                if cfg.stability_score_thresh > 0:
-                    keep &= stab >= cfg.stability_score_thresh
-                keep &= areas.float() / float(orig_size[0] * orig_size[1]) <= self._area_gate()
-                if cfg.min_area > 0:
-                    keep &= areas >= cfg.min_area
+                keep = self._exact_keep(areas, stab, orig_size)
                 masks, areas = masks[keep], areas[keep]
                 boxes = amg.masks_to_boxes(masks)
                 sel_iou, sel_stab, sel_pts = iou[start:start + step][keep], stab[keep], points[start:start + step][keep]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from alps_hf.sam.amg import masks_to_boxes
 from alps_hf.sam.masks import MaskSet
 
 IGNORE_LABEL = 255
@@ -64,13 +65,16 @@ def paint_order(areas: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(order, dtype=torch.int64, device=areas.device)
 
 
-def paint_segments(masks: MaskSet, valid: torch.Tensor | None = None, chunk: int = 16) -> SegmentMap:
+def paint_segments(masks: MaskSet, valid: torch.Tensor | None = None) -> SegmentMap:
     """Resolve overlapping masks into one segment map (see module docstring for the order).
+
+    Masks are painted one after another in paint order, each over its own box (taken from the mask, not
+    from `masks.boxes`), so a later one covers an earlier one: the same map as taking, at every pixel, the
+    covering mask latest in paint order, at the cost of each mask's box instead of the whole image.
 
     Args:
         masks: the image's masks.
         valid: optional (H, W) bool; pixels where it is False get no segment (no-data).
-        chunk: masks painted per step; bounds the (chunk, H, W) temporary, never the result.
 
     Returns:
         The SegmentMap; masks hidden everywhere by smaller ones on top get no segment id.
@@ -81,11 +85,9 @@ def paint_segments(masks: MaskSet, valid: torch.Tensor | None = None, chunk: int
     # uint16 ids: beyond 65535 masks (far above what a 32x32 grid yields), the smallest ones are dropped.
     order = order[:MAX_SEGMENTS]
     top = torch.zeros((h, w), dtype=torch.int32, device=device)
-    for start in range(0, len(order), chunk):
-        idx = order[start:start + chunk]
-        rank = torch.arange(start + 1, start + 1 + len(idx), dtype=torch.int32, device=device)
-        painted = torch.where(masks.masks[idx], rank[:, None, None], torch.zeros((), dtype=torch.int32, device=device))
-        top = torch.maximum(top, painted.amax(dim=0))
+    boxes = masks_to_boxes(masks.masks)[order].long().tolist() if len(order) else []
+    for rank, (i, (x0, y0, x1, y1)) in enumerate(zip(order.tolist(), boxes, strict=True), start=1):
+        top[y0:y1 + 1, x0:x1 + 1].masked_fill_(masks.masks[i, y0:y1 + 1, x0:x1 + 1], rank)
     if valid is not None:
         top = torch.where(valid.to(device), top, torch.zeros_like(top))
     counts = torch.bincount(top.flatten().long(), minlength=len(order) + 1)
