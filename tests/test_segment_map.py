@@ -115,3 +115,16 @@ def test_paint_labels_lut():
     # cluster 0 is a class, never the "no mask" value
     assert IGNORE_LABEL == 255 and (labels == 0).sum() == 2
     assert paint_labels(np.zeros((2, 2), np.uint16), np.zeros(0, np.int64)).tolist() == [[255, 255], [255, 255]]
+
+
+def test_mask_set_gather_equals_cat_then_filter():
+    rng = np.random.default_rng(3)
+    sets = [make_set(rng.random((n, 6, 7)) > 0.5, rng.random(n).tolist()) for n in (4, 0, 3)]
+    index = torch.tensor([5, 0, 6, 2, 3])
+    got, want = MaskSet.gather(sets, index), MaskSet.cat(sets).filter(index)
+    for field in ("masks", "boxes", "iou_scores", "stability", "areas", "points"):
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+    assert len(MaskSet.gather(sets, torch.zeros(0, dtype=torch.int64))) == 0
+    assert MaskSet.cat(sets[:1]) is sets[0]  # one set: returned as it is, its masks not copied
+    with pytest.raises(ValueError, match="at least one"):
+        MaskSet.gather([], index)

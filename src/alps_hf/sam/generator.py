@@ -384,6 +384,11 @@ class MaskGenerator:
         kept_boxes = torch.zeros((0, 4), device=self.device)
         parts = []
         step = self._upsample_chunk(frame)
+        factors = self._window_factors(frame, tuple(logits.shape[-2:]), logits.dtype)
+        if factors is not None:  # one survivor at a time: each kept box can spare the next one its window
+            step = 1
+            with self._timed("filter"):
+                profiles = self._window_profiles(logits)
         for start in range(0, len(order), step):
             idx = order[start:start + step]
             with self._timed("filter"):
@@ -394,7 +399,12 @@ class MaskGenerator:
             if not len(idx):
                 continue
             self.counts["masks_upsampled"] += len(idx)
-            part = self._upsample_and_check(logits[idx], iou[idx], points[idx], frame, crop_box, orig_size)
+            if factors is not None:
+                rows = idx.cpu().numpy()
+                part = self._upsample_windows_and_check(logits[idx], iou[idx], points[idx], frame, crop_box,
+                                                        orig_size, factors, (profiles[0][rows], profiles[1][rows]))
+            else:
+                part = self._upsample_and_check(logits[idx], iou[idx], points[idx], frame, crop_box, orig_size)
             with self._timed("nms"):
                 keep = torch.zeros(len(part), dtype=torch.bool, device=self.device)
                 for k in range(len(part)):  # greedy NMS against the kept masks, in score order
@@ -402,7 +412,7 @@ class MaskGenerator:
                     if not len(kept_boxes) or not bool((amg.box_iou(box, kept_boxes) > cfg.box_nms_thresh).any()):
                         keep[k] = True
                         kept_boxes = torch.cat([kept_boxes, box])
-            parts.append(part.filter(keep))
+            parts.append(part if bool(keep.all()) else part.filter(keep))
         h, w = frame.original
         return MaskSet.cat(parts) if parts else MaskSet.empty(h, w, self.device)
 
@@ -565,42 +575,53 @@ class MaskGenerator:
             keep &= areas >= cfg.min_area
         return keep
 
+    def _window_profiles(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(n, h) and (n, w) bool: the low-res rows / columns of each mask where its window lies.
+
+        A row or column is in when it holds a logit that may exceed the lowest threshold in play (mask
+        threshold minus the stability offset; a margin of 1e-4 * (1 + the largest |logit|) absorbs the
+        rounding of the bilinear blend); `upsample.window` widens it to the window.
+        """
+        cfg = self.config
+        offset = abs(cfg.stability_score_offset)
+        margin = 1e-4 * (1.0 + max(abs(float(logits.max())), abs(float(logits.min())))) if len(logits) else 0.0
+        maybe = logits > cfg.mask_threshold - offset - margin
+        return amg.any_along(maybe, 2).cpu().numpy(), amg.any_along(maybe, 1).cpu().numpy()
+
     def _upsample_windows_and_check(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size,
-                                    factors: tuple[int, int]) -> MaskSet:
+                                    factors: tuple[int, int], profiles: tuple[np.ndarray, np.ndarray]) -> MaskSet:
         """`_upsample_and_check` with each survivor upsampled over its window only (sam/upsample.py).
 
         The counts, boxes and masks are those of the whole-frame path: outside a window every pixel is below
-        the lowest threshold in play (mask threshold minus the stability offset) in both.
+        the lowest threshold in play in both. `profiles` are the masks' `_window_profiles`.
         """
         cfg = self.config
         h, w = frame.original
         hi_thr, lo_thr = cfg.mask_threshold + cfg.stability_score_offset, cfg.mask_threshold - cfg.stability_score_offset
-        lowest = min(cfg.mask_threshold, hi_thr, lo_thr)
-        with self._timed("filter"):
-            margin = 1e-4 * (1.0 + max(abs(float(logits.max())), abs(float(logits.min())))) if len(logits) else 0.0
-            maybe = logits > lowest - margin
-            row_any = amg.any_along(maybe, 2).cpu().numpy()
-            col_any = amg.any_along(maybe, 1).cpu().numpy()
-        n = logits.shape[0]
-        inter = torch.zeros(n, dtype=torch.int64)
-        union = torch.zeros(n, dtype=torch.int64)
-        areas = torch.zeros(n, dtype=torch.int64)
-        boxes = torch.zeros((n, 4))
-        pieces = {}
-        for i in range(n):
-            if not row_any[i].any():
-                continue  # nothing above the lowest threshold: an empty mask, as in the whole-frame path
+        counts, boxes, pieces = [], [], []
+        for i, (row_any, col_any) in enumerate(zip(*profiles, strict=True)):
+            if not row_any.any():  # nothing above the lowest threshold: an empty mask, as in the whole-frame path
+                counts.append((0, 0, 0))
+                boxes.append((0, 0, 0, 0))
+                pieces.append(None)
+                continue
             self.counts["masks_windowed"] += 1
             with self._timed("upsample"):
-                pixels, y0, x0 = upsample_window(logits[i], window(row_any[i]), window(col_any[i]), factors, (h, w))
+                pixels, y0, x0 = upsample_window(logits[i], window(row_any), window(col_any), factors, (h, w))
             with self._timed("filter"):
                 mask = pixels > cfg.mask_threshold
-                counts = amg.count_true(torch.stack([pixels > hi_thr, pixels > lo_thr, mask]))
-                inter[i], union[i], areas[i] = counts.tolist()
-                if areas[i] > 0:
-                    boxes[i] = amg.masks_to_boxes(mask[None])[0] + torch.tensor([x0, y0, x0, y0])
-                pieces[i] = (mask, y0, x0)
+                inter, union, area = amg.count_true(torch.stack([pixels > hi_thr, pixels > lo_thr, mask])).tolist()
+                counts.append((inter, union, area))
+                if area:  # amg.masks_to_boxes's box: first / last covered column and row
+                    ys = np.flatnonzero(amg.any_along(mask, 1).cpu().numpy())
+                    xs = np.flatnonzero(amg.any_along(mask, 0).cpu().numpy())
+                    boxes.append((x0 + xs[0], y0 + ys[0], x0 + xs[-1], y0 + ys[-1]))
+                else:
+                    boxes.append((0, 0, 0, 0))
+                pieces.append((mask, y0, x0))
         with self._timed("filter"):
+            inter, union, areas = torch.tensor(counts, dtype=torch.int64).reshape(-1, 3).unbind(1)
+            boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
             stab = amg.stability_from_counts(inter, union)
             keep = self._exact_keep(areas, stab, orig_size)
             if crop_box != [0, 0, orig_size[1], orig_size[0]]:
@@ -617,9 +638,6 @@ class MaskGenerator:
     def _upsample_and_check(self, logits, iou, points, frame: EmbeddingFrame, crop_box, orig_size) -> MaskSet:
         """Upsample survivors in chunks (as the family's processor does) and apply exact filters."""
         cfg = self.config
-        factors = self._window_factors(frame, tuple(logits.shape[-2:]), logits.dtype)
-        if factors is not None:
-            return self._upsample_windows_and_check(logits, iou, points, frame, crop_box, orig_size, factors)
         parts = []
         step = self._upsample_chunk(frame)
         for start in range(0, logits.shape[0], step):
@@ -661,9 +679,10 @@ class MaskGenerator:
             prompts += len(points)
             new = self._process_crop(embedding, frame, box, (h, w), points)
             if len(new):
-                masks = MaskSet.cat([masks, new])
                 with self._timed("nms"):
-                    masks = masks.filter(amg.nms(masks.boxes, masks.iou_scores, cfg.box_nms_thresh))
+                    keep = amg.nms(torch.cat([masks.boxes, new.boxes]), torch.cat([masks.iou_scores, new.iou_scores]),
+                                   cfg.box_nms_thresh)
+                    masks = MaskSet.gather([masks, new], keep)
         return masks
 
     # ---- whole images --------------------------------------------------------------------------

@@ -69,4 +69,29 @@ class MaskSet:
         """
         if not sets:
             raise ValueError("MaskSet.cat needs at least one MaskSet")
+        if len(sets) == 1:  # nothing to join: the set itself, its masks not copied
+            return sets[0]
         return MaskSet(**{f.name: torch.cat([getattr(s, f.name) for s in sets]) for f in fields(sets[0])})
+
+    @staticmethod
+    def gather(sets: list[MaskSet], index: torch.Tensor) -> MaskSet:
+        """`MaskSet.cat(sets).filter(index)` for an index tensor, with each picked mask copied once.
+
+        Joining full-resolution masks and then selecting copies every mask twice; here only the small fields
+        are joined, and the picked masks are copied straight from their sets.
+
+        Raises:
+            ValueError: sets is empty.
+        """
+        if not sets:
+            raise ValueError("MaskSet.gather needs at least one MaskSet")
+        index = index.to(torch.int64).cpu()
+        starts = torch.tensor([0] + [len(s) for s in sets]).cumsum(0)
+        which = torch.searchsorted(starts[1:], index, right=True).tolist()
+        h, w = sets[0].image_size
+        masks = torch.empty((len(index), h, w), dtype=torch.bool, device=sets[0].masks.device)
+        for k, (s, i) in enumerate(zip(which, (index - starts[which]).tolist(), strict=True)):
+            masks[k] = sets[s].masks[i]
+        small = {f.name: torch.cat([getattr(s, f.name) for s in sets])[index.to(getattr(sets[0], f.name).device)]
+                 for f in fields(sets[0]) if f.name != "masks"}
+        return MaskSet(masks=masks, **small)
