@@ -90,7 +90,8 @@ def merge_small_pieces(segments: np.ndarray, pieces: np.ndarray, n: int, min_are
     segments, pieces = segments.copy(), pieces.copy()
     if target.any():
         # Nearest target pixel of every pixel (Euclidean, ties by scipy's scan order: deterministic).
-        _, (iy, ix) = ndimage.distance_transform_edt(~target, return_indices=True)
+        # Indices only: the distances (a float image and a square root per pixel) are never read.
+        iy, ix = ndimage.distance_transform_edt(~target, return_distances=False, return_indices=True)
         segments[move] = segments[iy[move], ix[move]]
         pieces[move] = pieces[iy[move], ix[move]]
     else:  # nothing to merge into: the small pieces stay uncovered
