@@ -6,8 +6,9 @@ segment-anything's automatic mask generator, rebuilt for throughput:
 - point prompts run in batches against the stored embedding;
 - predicted-IoU, stability and area (ALPS gate) filters run on the low-resolution logits, so only
   the survivors are upsampled, in small chunks (full-resolution logits of a whole prompt batch
-  are never held); survivors are then checked again at full resolution with the exact
-  definitions, so the result matches upsample-everything-then-filter;
+  are never held), on CPU each over its own window where the family's resize allows it
+  (sam/upsample.py: the same pixels); survivors are then checked again at full resolution with
+  the exact definitions, so the result matches upsample-everything-then-filter;
 - box NMS within each crop, then across crops (preferring masks from smaller crops).
 Nothing here assumes 1024 px or a 64x64 embedding: sizes come from the model config. What differs
 between SAM, SAM-HQ, SAM 2, EdgeTAM and the SAM 3 tracker (preprocessing, the encoder's outputs, the
