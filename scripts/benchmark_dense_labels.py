@@ -156,7 +156,7 @@ class ThenRunner:
                 "segments": decode_png(record["segments_png"])}
 
     def timings(self) -> dict[str, float]:
-        return {**self.runner.generator.timings, **{f"pass1.{k}": v for k, v in self.runner.timings.items()}}
+        return stage_seconds(self.runner)  # the old runner keeps its stages under the same names
 
 
 def stage_seconds(runner: Pass1Runner) -> dict[str, float]:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from alps_hf.errors import ConfigError
 from alps_hf.sam import sam_decoder
+from alps_hf.sam.upsample import bilinear
 
 
 @dataclass(frozen=True)
@@ -386,10 +387,10 @@ class SamAdapter:
 
     def upsample(self, logits: torch.Tensor, frame) -> torch.Tensor:
         """(n, 1, h, w) low-res logits to the frame's original size, as SamProcessor.post_process_masks."""
-        full = F.interpolate(logits, (frame.padded, frame.padded), mode="bilinear", align_corners=False)
+        full = bilinear(logits, (frame.padded, frame.padded))
         full = full[..., : frame.resized[0], : frame.resized[1]]
         if tuple(frame.original) != tuple(frame.resized):  # a same-size bilinear resize is the identity: skip it
-            full = F.interpolate(full, tuple(frame.original), mode="bilinear", align_corners=False)
+            full = bilinear(full, tuple(frame.original))
         return full
 
     def upsample_factors(self, frame, low: tuple[int, int]) -> tuple[int, int] | None:
@@ -480,7 +481,7 @@ class Sam2Adapter(SamAdapter):
 
     def upsample(self, logits: torch.Tensor, frame) -> torch.Tensor:
         """Straight from low resolution to the original size (SAM2Transforms / Sam2ImageProcessor do the same)."""
-        return F.interpolate(logits, tuple(frame.original), mode="bilinear", align_corners=False)
+        return bilinear(logits, tuple(frame.original))
 
     def upsample_factors(self, frame, low: tuple[int, int]) -> tuple[int, int] | None:
         """As SamAdapter.upsample_factors, for the one resize straight to the original size."""

@@ -34,7 +34,7 @@ MIN_SIDE = 32
 
 
 def bilinear(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(n, 1, h, w) logits resized to `size` as the adapters' `upsample` resizes them."""
+    """(n, 1, h, w) logits resized to `size`: the one resize of the adapters' `upsample` and of the windows."""
     return F.interpolate(logits, size, mode="bilinear", align_corners=False)
 
 
